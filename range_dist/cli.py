@@ -1,0 +1,233 @@
+"""The ``range-dist`` command line: parse, load, call the library, report; nothing more.
+
+Every :class:`~range_dist.errors.RangeDistError` becomes a one-paragraph message on stderr and
+exit code 2 (no traceback); other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from range_dist.errors import ConfigError, RangeDistError
+
+Handler = Callable[[argparse.Namespace], int]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def parse_betas(text: str) -> tuple[float, ...]:
+    """``"0,0.5,1"`` -> (0.0, 0.5, 1.0), each in [0, 1], no duplicates."""
+    try:
+        betas = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--betas {text!r}: expected comma-separated numbers in [0, 1], e.g. 0,0.5,1") from exc
+    if not betas:
+        raise ConfigError("--betas is empty; give at least one β in [0, 1], e.g. 0.5")
+    bad = [b for b in betas if not 0.0 <= b <= 1.0]
+    if bad:
+        raise ConfigError(f"--betas {text!r}: {bad[0]} is outside [0, 1]")
+    if len(set(betas)) != len(betas):
+        raise ConfigError(f"--betas {text!r}: a β level is repeated")
+    return betas
+
+
+def _command(name: str, help_text: str) -> Callable[[Handler], Handler]:
+    def register(func: Handler) -> Handler:
+        _HANDLERS[name] = func
+        func.__doc__ = help_text
+        return func
+
+    return register
+
+
+# ---------------------------------------------------------------------------- assets
+@_command("fetch-assets", "download the published SatCLIP checkpoint and RANGE database (huggingface_hub)")
+def _fetch_assets(args: argparse.Namespace) -> int:
+    from range_dist.assets import fetch_published_assets
+
+    paths = fetch_published_assets(args.database, args.cache_dir)
+    print(f"checkpoint: {paths.checkpoint}\ndatabase:   {paths.database}")
+    return 0
+
+
+@_command("sample-assets", "write an untrained SatCLIP-format checkpoint and a sample database (npz)")
+def _sample_assets(args: argparse.Namespace) -> int:
+    from range_dist.assets import SAMPLE_LABEL, write_sample_assets
+
+    paths = write_sample_assets(args.dir, rows=args.rows, seed=args.seed, legendre_polys=args.legendre_polys,
+                                capacity=args.capacity)
+    print(f"{SAMPLE_LABEL}\ncheckpoint: {paths.checkpoint}\ndatabase:   {paths.database}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- database
+def _print_db_info(db: object, sample: int) -> None:
+    from range_dist.database import RetrievalDatabase, check_row_alignment
+
+    assert isinstance(db, RetrievalDatabase)
+    info = db.describe()
+    print(f"database:   {db.source}")
+    print(f"rows:       {db.rows}")
+    print(f"dims:       keys {db.key_dim}, values {db.value_dim}")
+    print(f"key model:  {info.get('key_model', 'unknown')}")
+    print(f"value model:{' ' if info.get('value_model') else ''}{info.get('value_model', 'unknown')}")
+    print(f"origin:     {info.get('origin', 'unknown')}")
+    if info.get("sample"):
+        print("NOTE:       sample database (synthetic rows), not the published one")
+    lon, lat = db.locations[:, 0], db.locations[:, 1]
+    print(f"extent:     lon [{lon.min():.2f}, {lon.max():.2f}], lat [{lat.min():.2f}, {lat.max():.2f}]")
+    print(f"provenance: {', '.join(sorted(db.provenance)) or 'none'}")
+    print(check_row_alignment(db, sample=sample).summary())
+
+
+@_command("import-db", "import a published-layout .npz database into the Zarr form")
+def _import_db(args: argparse.Namespace) -> int:
+    from range_dist.database import RetrievalDatabase
+
+    db = RetrievalDatabase.open(args.npz)
+    if Path(args.out).suffix != ".zarr":
+        raise ConfigError(f"--out {args.out}: the database store must end in .zarr")
+    db.to_zarr(args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}")
+    _print_db_info(RetrievalDatabase.open(args.out), args.sample)
+    return 0
+
+
+@_command("export-db", "export a database to the published .npz layout or to GeoParquet")
+def _export_db(args: argparse.Namespace) -> int:
+    from range_dist.database import RetrievalDatabase
+
+    db = RetrievalDatabase.open(args.db)
+    out = Path(args.out)
+    if out.suffix == ".npz":
+        db.to_npz(out, overwrite=args.overwrite)
+    else:
+        raise ConfigError(f"--out {out}: unsupported export type {out.suffix!r}; use .npz")
+    print(f"wrote {out} ({db.rows} rows)")
+    return 0
+
+
+@_command("db-info", "print rows, dimensions, models and a row-alignment sanity check")
+def _db_info(args: argparse.Namespace) -> int:
+    from range_dist.database import RetrievalDatabase
+
+    _print_db_info(RetrievalDatabase.open(args.db), args.sample)
+    return 0
+
+
+# ---------------------------------------------------------------------------- embedding
+@_command("embed-points", "embed the points of a CSV/Parquet file with RANGE / RANGE+")
+def _embed_points(args: argparse.Namespace) -> int:
+    from range_dist import RangeEncoder, RetrievalDatabase, __version__, load_satclip_location_encoder
+    from range_dist.points_io import read_points, write_embeddings
+    from range_dist.progress import Progress
+
+    betas = parse_betas(args.betas)
+    points = read_points(args.points)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"output {out} already exists; pass --overwrite to replace it")
+    location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics)
+    db = RetrievalDatabase.open(args.db)
+    encoder = RangeEncoder(location, db, variant=args.variant, device=args.device)
+    progress = Progress(total=len(points), unit="points", label="embed-points")
+    start = time.perf_counter()
+    embeddings = encoder.encode(points, betas, on_progress=lambda n: progress.update(n))
+    wall = time.perf_counter() - start
+    attrs = {
+        "range_dist_version": __version__,
+        "variant": args.variant,
+        "betas": list(betas),
+        "satclip": str(args.satclip),
+        "database": str(args.db),
+        "database_rows": db.rows,
+        "harmonics": location.config.harmonics,
+    }
+    write_embeddings(out, points, betas, embeddings, attrs, overwrite=args.overwrite)
+    print(f"embedded {len(points)} points x {len(betas)} β levels in {wall:.1f} s "
+          f"({len(points) / max(wall, 1e-9):,.0f} points/s); wrote {out} {embeddings.shape}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from range_dist import __version__
+
+    parser = argparse.ArgumentParser(prog="range-dist", description="RANGE geo-embeddings at planet scale.")
+    parser.add_argument("--version", action="version", version=f"range-dist {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=_HANDLERS[name].__doc__, description=_HANDLERS[name].__doc__)
+
+    p = add("fetch-assets")
+    p.add_argument("--database", choices=["med", "large"], default="med")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default $RANGE_DIST_CACHE or ~/.cache/range_dist")
+
+    p = add("sample-assets")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--rows", type=int, default=2000, help="database rows (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--legendre-polys", type=int, default=10, help="L of the sample checkpoint (default 10)")
+    p.add_argument("--capacity", type=int, default=256, help="SIREN width of the sample checkpoint")
+
+    p = add("import-db")
+    p.add_argument("npz", type=Path, help="published-layout database (.npz)")
+    p.add_argument("--out", type=Path, required=True, help="Zarr database to write (.zarr)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--sample", type=int, default=2000, help="rows used by the alignment check")
+
+    p = add("export-db")
+    p.add_argument("db", type=Path)
+    p.add_argument("--out", type=Path, required=True, help=".npz (published layout)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("db-info")
+    p.add_argument("db", type=Path)
+    p.add_argument("--sample", type=int, default=2000, help="rows used by the alignment check")
+
+    p = add("embed-points")
+    p.add_argument("--satclip", type=Path, required=True, help="SatCLIP checkpoint (.ckpt or .safetensors)")
+    p.add_argument("--db", type=Path, required=True, help="retrieval database (.npz or .zarr)")
+    p.add_argument("--variant", choices=["range+", "range"], default="range+")
+    p.add_argument("--betas", default="0.5", help="comma-separated β levels in [0, 1] (default 0.5)")
+    p.add_argument("--points", type=Path, required=True, help="CSV or Parquet with lon, lat columns (degrees)")
+    p.add_argument("--out", type=Path, required=True, help=".npz, .parquet or .zarr")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--harmonics", choices=["published", "exact", "closed-form"], default=None,
+                   help="how to compute spherical harmonics (default: as the checkpoint was trained)")
+    p.add_argument("--overwrite", action="store_true")
+
+    for register in _EXTRA_PARSERS:
+        register(sub)
+    return parser
+
+
+#: Subcommands defined in other modules register their parser here (see range_dist.grid.cli).
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``range-dist`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = _HANDLERS.get(args.command) or getattr(args, "handler", None)
+    assert handler is not None
+    try:
+        return handler(args)
+    except RangeDistError as exc:
+        print(f"range-dist {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""``RangeEncoder``: locations in, RANGE / RANGE+ embeddings out (the public entry point).
+
+Glue between the SatCLIP location encoder, a database (or one shard of it) resident on a device,
+and the pure retrieval engine. Queries are processed in blocks, so memory stays bounded whatever
+N is; all β levels come out of one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from range_dist.coords import lonlat_to_xyz, validate_lonlat
+from range_dist.database.store import RetrievalDatabase
+from range_dist.errors import ConfigError
+from range_dist.retrieval.engine import (
+    DeviceDatabase,
+    Partials,
+    RetrievalSettings,
+    blend,
+    merge_partials,
+    retrieve_partials,
+)
+
+#: Locations encoded per SatCLIP call: the published harmonics cost a fixed ~14k small torch ops
+#: per call, so they are evaluated on large batches and the retrieval then runs in smaller blocks.
+LOCATION_BATCH = 16384
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Check that ``device`` (cpu, cuda, cuda:N) exists here.
+
+    Raises:
+        ConfigError: an unknown device string, or CUDA asked for where there is none.
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+def query_block_size(db_chunk: int, width: int, n_heads: int, memory_budget_bytes: int, dtype_bytes: int = 4) -> int:
+    """Largest query block whose score block and accumulator fit the memory budget (>= 16)."""
+    per_query = n_heads * (db_chunk + width) * dtype_bytes
+    return max(16, min(1024, memory_budget_bytes // per_query))
+
+
+class RangeEncoder:
+    """RANGE / RANGE+ geo-embeddings for arbitrary locations.
+
+    Args:
+        location_encoder: SatCLIP location encoder ((N, 2) float64 lon/lat -> (N, K)).
+        database: the retrieval database (or one shard of it).
+        variant: ``range+`` (default) or ``range``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; the database is moved there once.
+        tau_sem: semantic temperature; default the published one for the variant.
+        tau_geo: spatial temperature (RANGE+); default the published 40.
+        db_chunk: database rows per block.
+        memory_budget_mb: bound on the per-block working memory (score block + accumulators).
+
+    Example:
+        >>> enc = RangeEncoder(load_satclip_location_encoder("satclip.ckpt"), RetrievalDatabase.open("db.zarr"))
+        >>> emb = enc.encode(np.array([[8.5, 47.4]]), betas=(0.0, 0.5, 1.0))  # (3, 1, 1280) float32
+    """
+
+    def __init__(
+        self,
+        location_encoder: torch.nn.Module,
+        database: RetrievalDatabase,
+        variant: str = "range+",
+        device: str | torch.device = "cpu",
+        *,
+        tau_sem: float | None = None,
+        tau_geo: float | None = None,
+        db_chunk: int = 4096,
+        memory_budget_mb: float = 256.0,
+    ) -> None:
+        self.device = resolve_device(device)
+        embed_dim = int(getattr(location_encoder, "embed_dim", database.key_dim))
+        database.check_compatible(embed_dim)
+        self.variant = variant
+        RetrievalSettings.for_variant(variant, tau_sem=tau_sem, tau_geo=tau_geo)  # validates early
+        self.tau_sem, self.tau_geo = tau_sem, tau_geo
+        self.location_encoder = location_encoder.to(self.device).eval()
+        self.database = database
+        self.db = DeviceDatabase(database.keys, database.locations, database.values, device=self.device)
+        self.db_chunk = int(db_chunk)
+        self.memory_budget_bytes = int(memory_budget_mb * 2**20)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of an embedding: value dim + key dim (1024 + 256 = 1280 for the published assets)."""
+        return self.db.value_dim + self.database.key_dim
+
+    def settings(self, betas: Sequence[float]) -> RetrievalSettings:
+        """Retrieval settings for these β levels (published temperatures unless overridden)."""
+        settings = RetrievalSettings.for_variant(
+            self.variant, betas, self.tau_sem, self.tau_geo, db_chunk=self.db_chunk
+        )
+        block = query_block_size(self.db_chunk, self.db.value_dim + 1, len(settings.heads), self.memory_budget_bytes)
+        return RetrievalSettings(**{**settings.__dict__, "query_chunk": block})
+
+    @torch.no_grad()
+    def query_features(self, lonlat: npt.NDArray[np.float64]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit SatCLIP embeddings q̂ (N, K) and unit vectors (N, 3) on the device, float32."""
+        q = self.location_encoder(torch.from_numpy(lonlat).to(self.device))
+        q_hat = torch.nn.functional.normalize(q, dim=1).to(self.db.dtype)
+        xyz = torch.from_numpy(lonlat_to_xyz(lonlat)).to(self.device, self.db.dtype)
+        return q_hat, xyz
+
+    @torch.no_grad()
+    def partials(self, lonlat: npt.ArrayLike, betas: Sequence[float] = (0.5,)) -> tuple[Partials, torch.Tensor]:
+        """Softmax partial statistics over this encoder's rows (for merging shards), and q̂.
+
+        Returns:
+            (Partials on CPU for all N locations, q̂ (N, K) float32 CPU tensor).
+        """
+        points = validate_lonlat(lonlat)
+        settings = self.settings(betas)
+        parts, q_hats = [], []
+        for start in range(0, len(points), LOCATION_BATCH):
+            q_hat, xyz = self.query_features(points[start : start + LOCATION_BATCH])
+            for qs in range(0, q_hat.shape[0], settings.query_chunk):
+                block = slice(qs, qs + settings.query_chunk)
+                parts.append(retrieve_partials(q_hat[block], xyz[block], self.db, settings).to("cpu"))
+            q_hats.append(q_hat.cpu())
+        return concat_partials(parts), torch.cat(q_hats)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        lonlat: npt.ArrayLike,
+        betas: Sequence[float] = (0.5,),
+        on_progress: Callable[[int], None] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """RANGE / RANGE+ embeddings of locations at each β level.
+
+        Args:
+            lonlat: (N, 2) (lon, lat) degrees.
+            betas: β levels in [0, 1] (RANGE+: 0 = spatial head only, 1 = semantic only).
+            on_progress: called with the number of points finished after each block.
+
+        Returns:
+            (B, N, D + K) float32: ``[H_β | q̂]`` for each β (D = 1024, K = 256 for published assets).
+
+        Raises:
+            CoordinateError: a NaN / infinite / out-of-range location (the first bad row is named).
+            ConfigError: a β outside [0, 1].
+        """
+        points = validate_lonlat(lonlat)
+        betas = tuple(float(b) for b in betas)
+        settings = self.settings(betas)
+        out = np.empty((len(betas), len(points), self.output_dim), dtype=np.float32)
+        for start in range(0, len(points), LOCATION_BATCH):
+            q_hat, xyz = self.query_features(points[start : start + LOCATION_BATCH])
+            for qs in range(0, q_hat.shape[0], settings.query_chunk):
+                block = slice(qs, qs + settings.query_chunk)
+                stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)
+                emb = blend(stats, q_hat[block], betas, self.variant)
+                out[:, start + qs : start + qs + emb.shape[1]] = emb.cpu().numpy()
+                if on_progress is not None:
+                    on_progress(int(emb.shape[1]))
+        return out
+
+
+def concat_partials(parts: Sequence[Partials]) -> Partials:
+    """Stack partials of consecutive query blocks (same rows) along the query axis."""
+    return Partials(
+        parts[0].heads,
+        torch.cat([p.shift for p in parts], dim=1),
+        torch.cat([p.sums for p in parts], dim=1),
+        torch.cat([p.weighted for p in parts], dim=1),
+    )
+
+
+def encode_sharded(
+    encoders: Sequence[RangeEncoder], lonlat: npt.ArrayLike, betas: Sequence[float] = (0.5,)
+) -> npt.NDArray[np.float32]:
+    """Embeddings from encoders that each hold one shard of the database, merged exactly.
+
+    Args:
+        encoders: one RangeEncoder per shard (same location encoder, variant and τ).
+        lonlat: (N, 2) (lon, lat) degrees.
+        betas: β levels.
+
+    Returns:
+        (B, N, D + K) float32, equal to the unsharded result within float32 rounding.
+    """
+    betas = tuple(float(b) for b in betas)
+    results = [enc.partials(lonlat, betas) for enc in encoders]
+    merged = merge_partials([r[0] for r in results])
+    return blend(merged, results[0][1], betas, encoders[0].variant).numpy()

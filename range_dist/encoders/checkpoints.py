@@ -1,0 +1,248 @@
+"""Read and write SatCLIP location-encoder checkpoints in the published formats (I/O edge).
+
+Formats:
+* Lightning ``.ckpt`` (``satclip-vit16-l40.ckpt``, ``satclip-resnet50-l10.ckpt``, ...): a pickled
+  dict with ``hyper_parameters`` and ``state_dict``; only ``model.location.*`` is read, so the
+  image backbone is never built and nothing is downloaded.
+* location-only ``.safetensors``: the SIREN weights, with optional string metadata holding the
+  hyper-parameters (``legendre_polys``, ...); missing ones are inferred from tensor shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
+from range_dist.encoders.spherical_harmonics import HARMONICS_MODES, HarmonicsMode
+from range_dist.errors import CheckpointError
+
+_LOCATION_PREFIXES = ("model.location.", "location.", "")
+# upstream's names for how the harmonics were computed -> ours
+_HARMONICS_BY_UPSTREAM_NAME: dict[str, HarmonicsMode] = {"analytic": "published", "closed-form": "closed-form"}
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (state_dict, hyper-parameters) of a .ckpt/.pt/.pth or .safetensors file."""
+    if not path.exists():
+        raise CheckpointError(
+            f"SatCLIP checkpoint {path} does not exist. Download the published one with "
+            "`range-dist fetch-assets` or write a sample with `range-dist sample-assets DIR`."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (not a dict)
+            metadata = dict(fh.metadata() or {})
+        return state, dict(metadata)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:
+            warnings.warn(
+                f"{path}: not loadable with weights_only=True; loading it as a full pickle. Only do "
+                "this with checkpoints from a source you trust (e.g. the published SatCLIP weights).",
+                stacklevel=3,
+            )
+            raw = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(
+                f"SatCLIP checkpoint {path} could not be read as a torch file ({exc}). Expected a "
+                "Lightning .ckpt or a .safetensors file; re-download it if it is truncated."
+            ) from exc
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path}: expected a dict with 'state_dict', got {type(raw).__name__}")
+    state = raw.get("state_dict", raw)
+    hparams = raw.get("hyper_parameters", {}) or {}
+    return dict(state), dict(hparams)
+
+
+def _location_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The location-encoder tensors, keyed as our module names them (``nnet.layers.0.weight``...)."""
+    for prefix in _LOCATION_PREFIXES:
+        found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix + "nnet.")}
+        if found:
+            return found
+    if any(k.startswith("layers.") for k in state):  # bare SIREN weights
+        return {"nnet." + k: v for k, v in state.items() if k.startswith(("layers.", "last_layer."))}
+    sample = ", ".join(list(state)[:5])
+    raise CheckpointError(
+        f"{path}: no SatCLIP location-encoder weights found (looked for keys 'model.location.nnet.*', "
+        f"'location.nnet.*', 'nnet.*' or 'layers.*'; the file has e.g. {sample}). Is this a SatCLIP "
+        "checkpoint?"
+    )
+
+
+def _int_param(hparams: Mapping[str, Any], key: str, inferred: int, path: Path) -> int:
+    if key not in hparams:
+        return inferred
+    try:
+        return int(hparams[key])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: hyper-parameter {key}={hparams[key]!r} is not an integer") from exc
+
+
+def _config_from(
+    location: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], path: Path, harmonics: HarmonicsMode | None
+) -> SatCLIPLocationConfig:
+    first_key, last_key = "nnet.layers.0.weight", "nnet.last_layer.weight"
+    for key in (first_key, last_key):
+        if key not in location:
+            raise CheckpointError(f"{path}: missing key 'model.location.{key}' (SIREN layer weights)")
+    first, last = location[first_key], location[last_key]
+    num_layers = sum(1 for k in location if k.startswith("nnet.layers.") and k.endswith(".weight"))
+    inferred_l = math.isqrt(first.shape[1])
+    legendre = _int_param(hparams, "legendre_polys", inferred_l, path)
+    if legendre * legendre != first.shape[1]:
+        raise CheckpointError(
+            f"{path}: legendre_polys={legendre} implies {legendre * legendre} spherical-harmonic "
+            f"inputs, but 'model.location.{first_key}' has shape {tuple(first.shape)} "
+            f"({first.shape[1]} inputs). The checkpoint is inconsistent or not a SatCLIP L{legendre} model."
+        )
+    le_type = hparams.get("le_type", "sphericalharmonics")
+    pe_type = hparams.get("pe_type", "siren")
+    if le_type != "sphericalharmonics" or pe_type != "siren":
+        raise CheckpointError(
+            f"{path}: le_type={le_type!r}, pe_type={pe_type!r}; only spherical harmonics + SIREN "
+            "location encoders (all released SatCLIP models) are supported."
+        )
+    if harmonics is None:
+        upstream = str(hparams.get("harmonics_calculation", "analytic"))
+        if upstream not in _HARMONICS_BY_UPSTREAM_NAME and upstream not in HARMONICS_MODES:
+            raise CheckpointError(
+                f"{path}: harmonics_calculation={upstream!r} is not supported; supported: analytic, closed-form"
+            )
+        harmonics = _HARMONICS_BY_UPSTREAM_NAME.get(upstream, upstream)  # type: ignore[assignment,arg-type]
+    return SatCLIPLocationConfig(
+        legendre_polys=legendre,
+        capacity=_int_param(hparams, "capacity", first.shape[0], path),
+        num_hidden_layers=_int_param(hparams, "num_hidden_layers", num_layers, path),
+        embed_dim=_int_param(hparams, "embed_dim", last.shape[0], path),
+        harmonics=harmonics,  # type: ignore[arg-type]
+    )
+
+
+def load_satclip_location_encoder(
+    path: str | Path, harmonics: HarmonicsMode | None = None, device: str | torch.device = "cpu"
+) -> SatCLIPLocationEncoder:
+    """Load SatCLIP's location encoder from a published checkpoint, without the image backbone.
+
+    Args:
+        path: Lightning ``.ckpt`` (e.g. ``satclip-vit16-l40.ckpt``) or location-only ``.safetensors``.
+        harmonics: ``published`` (reproduce upstream), ``exact`` or ``closed-form``; default: what the
+            checkpoint was trained with (``analytic`` upstream = ``published``).
+        device: torch device for the module.
+
+    Returns:
+        An evaluation-mode float64 module; ``forward`` maps (N, 2) (lon, lat) degrees to (N, embed_dim).
+
+    Raises:
+        CheckpointError: missing file, missing or mis-shaped keys (named, with shapes), or an L that
+            does not match the first layer.
+    """
+    path = Path(path)
+    state, hparams = _read_checkpoint(path)
+    location = _location_state(state, path)
+    config = _config_from(location, hparams, path, harmonics)
+    encoder = SatCLIPLocationEncoder(config)
+    expected = encoder.state_dict()
+    for key, tensor in expected.items():
+        if key not in location:
+            raise CheckpointError(
+                f"{path}: missing key 'model.location.{key}' (expected shape {tuple(tensor.shape)}) "
+                f"for {config.num_hidden_layers} hidden layers of width {config.capacity}"
+            )
+        if tuple(location[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: key 'model.location.{key}' has shape {tuple(location[key].shape)}, expected "
+                f"{tuple(tensor.shape)} (legendre_polys={config.legendre_polys}, capacity={config.capacity}, "
+                f"embed_dim={config.embed_dim})"
+            )
+    unexpected = sorted(set(location) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: unexpected location-encoder keys {unexpected[:4]}; num_hidden_layers="
+            f"{config.num_hidden_layers} in the hyper-parameters may not match the weights"
+        )
+    encoder.load_state_dict({k: v.to(torch.float64) for k, v in location.items()})
+    return encoder.to(device)
+
+
+def satclip_hyper_parameters(config: SatCLIPLocationConfig, vision_layers: str = "moco_vit16") -> dict[str, Any]:
+    """Hyper-parameters as a released SatCLIP Lightning checkpoint stores them."""
+    return {
+        "embed_dim": config.embed_dim,
+        "image_resolution": 224,
+        "vision_layers": vision_layers,
+        "vision_width": 768,
+        "vision_patch_size": 32,
+        "in_channels": 13,
+        "le_type": "sphericalharmonics",
+        "pe_type": "siren",
+        "frequency_num": 16,
+        "max_radius": 260,
+        "min_radius": 1,
+        "legendre_polys": config.legendre_polys,
+        "harmonics_calculation": {"published": "analytic"}.get(config.harmonics, config.harmonics),
+        "sh_embedding_dims": 32,
+        "learning_rate": 1e-4,
+        "weight_decay": 0.01,
+        "num_hidden_layers": config.num_hidden_layers,
+        "capacity": config.capacity,
+        "eval_downstream": False,
+        "air_temp_data_path": None,
+        "election_data_path": None,
+    }
+
+
+def save_satclip_checkpoint(
+    encoder: SatCLIPLocationEncoder,
+    path: str | Path,
+    *,
+    visual_state: Mapping[str, torch.Tensor] | None = None,
+    vision_layers: str = "moco_vit16",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a Lightning checkpoint in the published SatCLIP layout.
+
+    The location weights go under ``model.location.nnet.*`` and, as upstream, again under
+    ``model.nnet.*``; ``visual_state`` (image encoder tensors, without prefix) under ``model.visual.*``.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in encoder.state_dict().items():
+        state[f"model.location.{key}"] = tensor.detach().to(torch.float32).cpu().clone()
+        state[f"model.{key}"] = state[f"model.location.{key}"]
+    for key, tensor in (visual_state or {}).items():
+        state[f"model.visual.{key}"] = tensor.detach().cpu().clone()
+    state["model.logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    payload: dict[str, Any] = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": "2.0.0",
+        "state_dict": state,
+        "hyper_parameters": satclip_hyper_parameters(encoder.config, vision_layers),
+    }
+    payload.update(extra or {})
+    torch.save(payload, Path(path))
+
+
+def save_location_safetensors(encoder: SatCLIPLocationEncoder, path: str | Path) -> None:
+    """Write the location-only safetensors form (SIREN weights + hyper-parameters as metadata)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in encoder.state_dict().items()}
+    cfg = encoder.config
+    metadata = {
+        "legendre_polys": str(cfg.legendre_polys),
+        "capacity": str(cfg.capacity),
+        "num_hidden_layers": str(cfg.num_hidden_layers),
+        "embed_dim": str(cfg.embed_dim),
+        "harmonics_calculation": {"published": "analytic"}.get(cfg.harmonics, cfg.harmonics),
+    }
+    save_file(tensors, str(path), metadata=metadata)

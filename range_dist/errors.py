@@ -1,0 +1,35 @@
+"""The exception hierarchy of range_dist.
+
+Every error a user can cause names the input, what was expected and how to fix it. The CLI turns
+any :class:`RangeDistError` into a one-paragraph message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class RangeDistError(Exception):
+    """Base class of every error range_dist raises on purpose."""
+
+
+class ConfigError(RangeDistError, ValueError):
+    """A configuration value or command-line argument is invalid."""
+
+
+class CoordinateError(RangeDistError, ValueError):
+    """A location is NaN, infinite or outside lon [-180, 180] / lat [-90, 90]."""
+
+
+class CheckpointError(RangeDistError, ValueError):
+    """A model checkpoint is missing keys, has mis-shaped tensors or inconsistent settings."""
+
+
+class DatabaseError(RangeDistError, ValueError):
+    """A retrieval database is malformed (shapes, non-finite rows, zero-norm keys, dimensions)."""
+
+
+class StoreMismatchError(RangeDistError):
+    """An existing output store was made with different settings than the current run."""
+
+
+class AssetError(RangeDistError):
+    """A published asset could not be fetched (offline, unknown repository, ...)."""

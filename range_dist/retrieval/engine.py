@@ -1,0 +1,296 @@
+"""Exact soft retrieval over the whole database, all β levels in one pass, shardable.
+
+For queries q̂ (unit SatCLIP embeddings) and their unit vectors xyz_q, over database rows with unit
+keys K̂, unit vectors xyz_db and values V:
+
+* semantic head: ``A = softmax(τ_sem q̂·K̂ᵀ)``, ``H_sem = A·V``
+* spatial head (RANGE+): ``G = softmax(τ_geo xyz_q·xyz_dbᵀ)``, ``H_geo = G·V``
+* RANGE+: ``H_β = (1-β)·H_geo + β·H_sem``; RANGE: ``H = H_sem``; output ``[H | q̂]``.
+
+How it is computed (and why it is exact):
+
+* Softmax is shift-invariant. The scores are bounded by τ (cosines of unit vectors), so a fixed
+  shift of τ keeps every exponent in [-2τ, 0]: no overflow, and for τ <= 43 no float32 underflow
+  of the largest term. Larger τ falls back to a running maximum. No per-chunk max pass is needed
+  on the fast path.
+* Each head keeps the partial statistics (shift, Σ exp, Σ exp·V). A ones column appended to V
+  makes Σ exp come out of the same matrix product as Σ exp·V, and the two heads' weights are
+  stacked so one product serves both.
+* Partials from disjoint row ranges (chunks, shards on other actors) merge exactly:
+  ``S = Σ_i S_i·exp(m_i - m)``, the same for the weighted sums.
+* H_sem and H_geo are computed once; K β levels are K cheap blends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+Variant = Literal["range", "range+"]
+
+#: Published temperatures (RANGE_FACTS.md): RANGE τ_sem = 15; RANGE+ τ_sem = 12, τ_geo = 40.
+VARIANTS: dict[str, tuple[float, float | None]] = {"range": (15.0, None), "range+": (12.0, 40.0)}
+
+# Largest τ for which the static shift is safe in float32: exp(-2τ) must stay a normal number.
+_MAX_STATIC_TAU = 43.0
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """What to retrieve and how to chunk it.
+
+    Attributes:
+        variant: ``range`` (semantic head only) or ``range+`` (semantic + spatial heads).
+        tau_sem: semantic softmax temperature (published: 15 for RANGE, 12 for RANGE+).
+        tau_geo: spatial softmax temperature (published 40 for RANGE+; None for RANGE).
+        heads: which heads to compute: ``("sem", "geo")`` for RANGE+, ``("sem",)`` for RANGE. A
+            RANGE+ run whose β are all 1 (or all 0) needs only one head.
+        query_chunk: queries per block (rows of the score matrices).
+        db_chunk: database rows per block (columns of the score matrices).
+    """
+
+    variant: Variant = "range+"
+    tau_sem: float = 12.0
+    tau_geo: float | None = 40.0
+    heads: tuple[str, ...] = ("sem", "geo")
+    query_chunk: int = 512
+    db_chunk: int = 4096
+
+    @classmethod
+    def for_variant(
+        cls,
+        variant: str,
+        betas: Sequence[float] = (0.5,),
+        tau_sem: float | None = None,
+        tau_geo: float | None = None,
+        **chunking: int,
+    ) -> RetrievalSettings:
+        """Published temperatures for ``variant``, and only the heads that ``betas`` need."""
+        from range_dist.errors import ConfigError
+
+        if variant not in VARIANTS:
+            raise ConfigError(f"variant {variant!r} is unknown; use 'range' or 'range+'")
+        default_sem, default_geo = VARIANTS[variant]
+        for beta in betas:
+            if not 0.0 <= float(beta) <= 1.0 or not np.isfinite(beta):
+                raise ConfigError(f"β={beta!r} is outside [0, 1]; β blends spatial (0) and semantic (1) heads")
+        if variant == "range":
+            heads: tuple[str, ...] = ("sem",)
+        elif all(float(b) == 1.0 for b in betas):
+            heads = ("sem",)
+        elif all(float(b) == 0.0 for b in betas):
+            heads = ("geo",)
+        else:
+            heads = ("sem", "geo")
+        settings = cls(
+            variant=variant,  # type: ignore[arg-type]
+            tau_sem=float(tau_sem if tau_sem is not None else default_sem),
+            tau_geo=None if variant == "range" else float(tau_geo if tau_geo is not None else default_geo),  # type: ignore[arg-type]
+            heads=heads,
+        )
+        return replace(settings, **chunking) if chunking else settings  # type: ignore[arg-type]
+
+    def tau(self, head: str) -> float:
+        tau = self.tau_sem if head == "sem" else self.tau_geo
+        assert tau is not None
+        return tau
+
+
+class DeviceDatabase:
+    """The database rows as the engine uses them, resident on one device.
+
+    Attributes:
+        keys: (M, K) unit keys, float32.
+        xyz: (M, 3) unit vectors of the row locations, float32.
+        values_aug: (M, D + 1) values with a trailing ones column, float32.
+    """
+
+    def __init__(
+        self,
+        keys: npt.NDArray[np.floating] | torch.Tensor,
+        locations: npt.NDArray[np.float64],
+        values: npt.NDArray[np.floating] | torch.Tensor,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        from range_dist.coords import lonlat_to_xyz
+
+        keys64 = torch.as_tensor(np.asarray(keys), dtype=torch.float64)
+        self.keys = torch.nn.functional.normalize(keys64, dim=1).to(device=device, dtype=dtype).contiguous()
+        xyz = lonlat_to_xyz(np.asarray(locations, dtype=np.float64))
+        self.xyz = torch.as_tensor(xyz).to(device=device, dtype=dtype)
+        values_t = torch.as_tensor(np.asarray(values))
+        aug = torch.empty((values_t.shape[0], values_t.shape[1] + 1), dtype=dtype, device=device)
+        aug[:, :-1] = values_t.to(device=device, dtype=dtype)
+        aug[:, -1] = 1.0
+        self.values_aug = aug
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def value_dim(self) -> int:
+        return int(self.values_aug.shape[1] - 1)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.keys, self.xyz, self.values_aug))
+
+
+@dataclass
+class Partials:
+    """Softmax partial statistics of some database rows, per head (exactly mergeable).
+
+    Attributes:
+        heads: head names, e.g. ("sem", "geo").
+        shift: (H, n) the exponent shift m: weights are exp(score - m).
+        sums: (H, n) Σ exp(score - m).
+        weighted: (H, n, D) Σ exp(score - m)·V.
+    """
+
+    heads: tuple[str, ...]
+    shift: torch.Tensor
+    sums: torch.Tensor
+    weighted: torch.Tensor
+
+    def averages(self) -> torch.Tensor:
+        """(H, n, D) softmax-weighted averages of the values."""
+        return self.weighted / self.sums.unsqueeze(-1)
+
+    def to(self, device: str | torch.device) -> Partials:
+        return Partials(self.heads, self.shift.to(device), self.sums.to(device), self.weighted.to(device))
+
+    def numpy(self) -> dict[str, object]:
+        """Plain arrays (for transport between processes)."""
+        return {
+            "heads": self.heads,
+            "shift": self.shift.cpu().numpy(),
+            "sums": self.sums.cpu().numpy(),
+            "weighted": self.weighted.cpu().numpy(),
+        }
+
+    @classmethod
+    def from_numpy(cls, payload: dict[str, object]) -> Partials:
+        return cls(
+            tuple(payload["heads"]),  # type: ignore[arg-type]
+            torch.from_numpy(payload["shift"]),  # type: ignore[arg-type]
+            torch.from_numpy(payload["sums"]),  # type: ignore[arg-type]
+            torch.from_numpy(payload["weighted"]),  # type: ignore[arg-type]
+        )
+
+
+def merge_partials(parts: Sequence[Partials]) -> Partials:
+    """Merge partials of disjoint row sets of the same queries into those of their union (exact).
+
+    Args:
+        parts: at least one Partials with the same heads and queries.
+
+    Returns:
+        Partials equal (up to rounding) to computing over all rows at once.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    heads = parts[0].heads
+    if any(p.heads != heads for p in parts):
+        raise ValueError(f"cannot merge partials of different heads: {[p.heads for p in parts]}")
+    shift = torch.stack([p.shift for p in parts]).amax(dim=0)
+    sums = torch.zeros_like(parts[0].sums)
+    weighted = torch.zeros_like(parts[0].weighted)
+    for p in parts:
+        scale = torch.exp(p.shift - shift)
+        sums += p.sums * scale
+        weighted += p.weighted * scale.unsqueeze(-1)
+    return Partials(heads, shift, sums, weighted)
+
+
+def _head_scores(
+    head: str, q_hat: torch.Tensor, q_xyz: torch.Tensor, db: DeviceDatabase, start: int, stop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if head == "sem":
+        return q_hat, db.keys[start:stop]
+    return q_xyz, db.xyz[start:stop]
+
+
+def retrieve_partials(
+    q_hat: torch.Tensor, q_xyz: torch.Tensor, db: DeviceDatabase, settings: RetrievalSettings
+) -> Partials:
+    """Partial softmax statistics of ``db``'s rows for a block of queries.
+
+    Args:
+        q_hat: (n, K) unit query embeddings, on ``db.device``, ``db.dtype``.
+        q_xyz: (n, 3) unit vectors of the query locations, same device and dtype.
+        db: the (shard of the) database.
+        settings: heads, temperatures and chunk sizes.
+
+    Returns:
+        Partials for ``settings.heads`` over all rows of ``db``.
+    """
+    heads = settings.heads
+    n_heads, n = len(heads), q_hat.shape[0]
+    taus = [settings.tau(h) for h in heads]
+    static = all(t <= _MAX_STATIC_TAU for t in taus)
+    dev, dt = db.device, db.dtype
+    width = db.values_aug.shape[1]
+    acc = torch.zeros((n_heads * n, width), dtype=dt, device=dev)
+    shift = torch.tensor(taus, dtype=dt, device=dev).repeat_interleave(n)  # (H*n,)
+    if not static:
+        shift = torch.full((n_heads * n,), -float("inf"), dtype=dt, device=dev)
+    weights = torch.empty((n_heads * n, min(settings.db_chunk, db.rows)), dtype=dt, device=dev)
+    for start in range(0, db.rows, settings.db_chunk):
+        stop = min(start + settings.db_chunk, db.rows)
+        block = weights[:, : stop - start]
+        for i, head in enumerate(heads):
+            queries, rows = _head_scores(head, q_hat, q_xyz, db, start, stop)
+            out = block[i * n : (i + 1) * n]
+            if static:
+                # out = τ·(q·rowsᵀ) - τ, written in place: no temporary of the score block.
+                torch.addmm(shift[i * n : i * n + 1].view(1, 1).expand(n, stop - start), queries, rows.T,
+                             beta=-1.0, alpha=taus[i], out=out)
+            else:
+                torch.mm(queries, rows.T, out=out)
+                out.mul_(taus[i])
+        if not static:
+            new_shift = torch.maximum(shift, block.amax(dim=1))
+            acc.mul_(torch.exp(shift - new_shift).nan_to_num_(0.0).unsqueeze(1))
+            block.sub_(new_shift.unsqueeze(1))
+            shift = new_shift
+        block.exp_()
+        acc.addmm_(block, db.values_aug[start:stop])
+    acc = acc.view(n_heads, n, width)
+    return Partials(heads, shift.view(n_heads, n), acc[:, :, -1].contiguous(), acc[:, :, :-1])
+
+
+def blend(partials: Partials, q_hat: torch.Tensor, betas: Sequence[float], variant: str) -> torch.Tensor:
+    """Final RANGE / RANGE+ embeddings ``[H_β | q̂]`` for each β.
+
+    Args:
+        partials: merged statistics over the whole database.
+        q_hat: (n, K) unit query embeddings.
+        betas: β levels (RANGE+: weight of the semantic head; ignored by RANGE).
+        variant: ``range`` or ``range+``.
+
+    Returns:
+        (B, n, D + K) tensor, dtype of ``partials``.
+    """
+    averages = partials.averages()
+    by_head = dict(zip(partials.heads, averages))
+    n, d = averages.shape[1], averages.shape[2]
+    out = torch.empty((len(betas), n, d + q_hat.shape[1]), dtype=averages.dtype, device=averages.device)
+    for b, beta in enumerate(betas):
+        beta = float(beta)
+        if variant == "range" or beta == 1.0:
+            out[b, :, :d] = by_head["sem"]
+        elif beta == 0.0:
+            out[b, :, :d] = by_head["geo"]
+        else:
+            torch.add(by_head["geo"] * (1.0 - beta), by_head["sem"], alpha=beta, out=out[b, :, :d])
+        out[b, :, d:] = q_hat
+    return out

@@ -1,0 +1,117 @@
+"""Spherical harmonics: closed forms, scipy, upstream's expression text, poles and the antimeridian."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import sph_harm_y
+
+from range_dist.encoders.sh_expressions import TABLE_PATH, published_expression
+from range_dist.encoders.spherical_harmonics import spherical_harmonics
+from tests.helpers import random_points
+
+POINTS = torch.from_numpy(random_points(200, seed=5))
+
+
+def _theta_phi(lonlat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    return np.radians(lonlat[:, 1].numpy() + 90), np.radians(lonlat[:, 0].numpy() + 180)
+
+
+def _scipy_real_harmonic(l: int, m: int, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """SatCLIP's convention from scipy's complex orthonormal harmonics (which carry the CS phase)."""
+    y = sph_harm_y(l, abs(m), theta, phi)
+    cs = (-1) ** abs(m)  # remove the Condon-Shortley phase
+    if m > 0:
+        return math.sqrt(2) * cs * y.real
+    if m < 0:
+        return math.sqrt(2) * cs * y.imag
+    return math.pi * y.real  # upstream's pi-scaled m = 0 terms
+
+
+def test_check_values_of_facts() -> None:
+    pts = torch.tensor([[10.0, 20.0], [-120.0, -60.0]], dtype=torch.float64)
+    cos_theta = -np.sin(np.radians(pts[:, 1].numpy()))
+    for mode in ("published", "exact"):
+        y = spherical_harmonics(pts, 2, mode).numpy()  # type: ignore[arg-type]
+        np.testing.assert_allclose(y[:, 0], 0.886226925452758, rtol=1e-14)
+    exact = spherical_harmonics(pts, 2, "exact").numpy()
+    # Y(1,0) = pi * sqrt(3 / (4 pi)) cos(theta) = sqrt(3 pi) / 2 cos(theta) = 1.53499006... cos(theta)
+    # (RANGE_FACTS.md prints 1.5349900212, off in the 8th digit.)
+    np.testing.assert_allclose(exact[:, 2], math.sqrt(3 * math.pi) / 2 * cos_theta, rtol=1e-14)
+    # the published text carries sympy's 15-digit float of sqrt(0.75*pi)
+    published = spherical_harmonics(pts, 2, "published").numpy()
+    np.testing.assert_allclose(published[:, 2], 1.53499006191973 * cos_theta, rtol=1e-14)
+
+
+@pytest.mark.parametrize("l", [0, 1, 2, 3, 5, 8, 13, 21, 30, 39, 45])
+def test_exact_mode_matches_scipy(l: int) -> None:
+    degrees = l + 1
+    y = spherical_harmonics(POINTS, degrees, "exact").numpy()
+    theta, phi = _theta_phi(POINTS)
+    for m in range(-l, l + 1):
+        expected = _scipy_real_harmonic(l, m, theta, phi)
+        np.testing.assert_allclose(y[:, l * l + l + m], expected, atol=1e-10, err_msg=f"l={l} m={m}")
+
+
+def test_closed_form_mode_is_upstream_closed_form_convention() -> None:
+    y = spherical_harmonics(POINTS, 6, "closed-form").numpy()
+    theta, phi = _theta_phi(POINTS)
+    for l in range(6):
+        for m in range(-l, l + 1):
+            base = _scipy_real_harmonic(l, m, theta, phi)
+            expected = base / math.pi if m == 0 else (-1) ** abs(m) * base
+            np.testing.assert_allclose(y[:, l * l + l + m], expected, atol=1e-12)
+
+
+def test_published_mode_is_bit_identical_to_upstream_eval() -> None:
+    """Upstream evaluates the expression text with torch; ours must give the very same bits."""
+    with gzip.open(TABLE_PATH, "rt") as fh:
+        table = json.load(fh)["expressions"]
+    assert len(table) == 1600
+    ours = spherical_harmonics(POINTS, 40, "published")
+    phi = torch.deg2rad(POINTS[:, 0] + 180)
+    theta = torch.deg2rad(POINTS[:, 1] + 90)
+    namespace = {"cos": torch.cos, "sin": torch.sin, "theta": theta, "phi": phi}
+    for k, text in enumerate(table):
+        value = eval(text, {"__builtins__": {}}, namespace)  # the upstream evaluation
+        if isinstance(value, float):
+            value = value * torch.ones_like(phi)
+        assert torch.equal(ours[:, k], value), f"feature {k}: {text[:60]}"
+
+
+def test_published_agrees_with_exact_at_low_degree_and_differs_at_high() -> None:
+    pub = spherical_harmonics(POINTS, 40, "published").numpy()
+    exact = spherical_harmonics(POINTS, 40, "exact").numpy()
+    np.testing.assert_allclose(pub[:, :144], exact[:, :144], atol=1e-9)  # l < 12
+    assert np.abs(pub - exact).max() > 1e-6  # the documented precision loss of the expanded text
+
+
+def test_shipped_table_matches_fresh_sympy_generation() -> None:
+    with gzip.open(TABLE_PATH, "rt") as fh:
+        payload = json.load(fh)
+    table = payload["expressions"]
+    pairs = [(d, o) for d in range(6) for o in range(-d, d + 1)] + [(17, -4), (25, 0), (39, 39), (39, -7)]
+    for l, m in pairs:
+        assert published_expression(l, m) == table[l * l + l + m], (l, m)
+
+
+@pytest.mark.parametrize("mode", ["published", "exact", "closed-form"])
+def test_finite_at_poles_and_antimeridian(mode: str) -> None:
+    pts = torch.tensor([[0, 90], [0, -90], [180, 0], [-180, 0], [180, 89.999999], [-180, -90]], dtype=torch.float64)
+    y = spherical_harmonics(pts, 40, mode)  # type: ignore[arg-type]
+    assert y.shape == (6, 1600)
+    assert torch.isfinite(y).all()
+    if mode != "published":
+        # lon = 180 and lon = -180 are the same place
+        torch.testing.assert_close(y[2], y[3], atol=1e-12, rtol=0)
+
+
+def test_batch_layout_does_not_change_published_values_beyond_rounding() -> None:
+    full = spherical_harmonics(POINTS, 20, "published")
+    parts = torch.cat([spherical_harmonics(POINTS[i : i + 7], 20, "published") for i in range(0, len(POINTS), 7)])
+    torch.testing.assert_close(full, parts, rtol=1e-12, atol=1e-9)
