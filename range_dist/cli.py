@@ -153,6 +153,21 @@ def _embed_points(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("embed-grid", "embed a global (or bbox) lat/lon grid into a Zarr cube at several β levels on Ray")
+def _embed_grid(args: argparse.Namespace) -> int:
+    from range_dist.grid.config import GridJobConfig
+    from range_dist.grid.job import build_plan, run_plan
+
+    overrides = {name: getattr(args, name, None) for name in GridJobConfig.field_names()}
+    config = GridJobConfig.load(args.config, overrides)
+    plan = build_plan(config)
+    if args.dry_run:
+        print(repr(plan))
+        return 0
+    run_plan(plan, executor=config.executor)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -203,13 +218,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to compute spherical harmonics (default: as the checkpoint was trained)")
     p.add_argument("--overwrite", action="store_true")
 
-    for register in _EXTRA_PARSERS:
-        register(sub)
+    p = add("embed-grid")
+    p.add_argument("--config", type=Path, default=None, help="YAML file (workflows/*.yaml); flags override it")
+    p.add_argument("--resolution", type=float, default=None, help="cell size in degrees (default 1)")
+    p.add_argument("--bbox", default=None, help="WEST,SOUTH,EAST,NORTH degrees (default: the globe)")
+    p.add_argument("--land-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="embed land cells only; ocean cells are NaN and all-ocean tiles are skipped")
+    p.add_argument("--variant", choices=["range+", "range"], default=None)
+    p.add_argument("--betas", default=None, help="comma-separated β levels (default 0,0.5,1)")
+    p.add_argument("--satclip", type=Path, default=None, help="SatCLIP checkpoint (default: published or sample)")
+    p.add_argument("--db", type=Path, default=None, help="retrieval database (default: published or sample)")
+    p.add_argument("--out", type=Path, default=None, help="output Zarr store (.zarr)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default=None, help="cube dtype (default float16)")
+    p.add_argument("--tile-size", type=int, default=None, help="cells per tile side = one shard (default 256)")
+    p.add_argument("--chunk-size", type=int, default=None, help="cells per inner chunk side (default 32)")
+    p.add_argument("--num-actors", type=int, default=None, help="database replicas (default: one per GPU, or 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=None, help="default 1 when GPUs exist, else 0")
+    p.add_argument("--cpus-per-actor", type=int, default=None, help="CPUs and torch threads per actor")
+    p.add_argument("--db-shards", type=int, default=None, help="actors per replica, each with 1/S of the rows")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join ('auto', host:port); default: local Ray, or $RAY_ADDRESS in a Ray job")
+    p.add_argument("--harmonics", choices=["published", "exact", "closed-form"], default=None)
+    p.add_argument("--max-in-flight", type=int, default=None, help="tiles queued per replica (default 2)")
+    p.add_argument("--memory-budget-mb", type=float, default=None, help="retrieval working memory per actor")
+    p.add_argument("--executor", choices=["ray", "local"], default=None, help="default ray; local = no Ray")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing store made with other settings")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return parser
-
-
-#: Subcommands defined in other modules register their parser here (see range_dist.grid.cli).
-_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

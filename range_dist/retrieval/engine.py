@@ -124,7 +124,7 @@ class DeviceDatabase:
         self.keys = torch.nn.functional.normalize(keys64, dim=1).to(device=device, dtype=dtype).contiguous()
         xyz = lonlat_to_xyz(np.asarray(locations, dtype=np.float64))
         self.xyz = torch.as_tensor(xyz).to(device=device, dtype=dtype)
-        values_t = torch.as_tensor(np.asarray(values))
+        values_t = torch.as_tensor(np.require(values, requirements="W"))  # copies read-only (shared) arrays
         aug = torch.empty((values_t.shape[0], values_t.shape[1] + 1), dtype=dtype, device=device)
         aug[:, :-1] = values_t.to(device=device, dtype=dtype)
         aug[:, -1] = 1.0

@@ -1,0 +1,211 @@
+"""Run a grid plan's tiles on Ray actors (the only module that imports ray).
+
+Each replica of the database is one actor (``db_shards`` = 1) or a group of ``db_shards`` actors
+that each hold a contiguous slice of the rows; their partial softmax statistics for a tile are
+merged exactly by a small task that also writes the tile. The payload (location weights and
+database) is put in the object store once and every actor builds its encoder from it once,
+moving its rows to its device (a GPU when it was given one).
+
+Dispatch keeps at most ``max_in_flight`` tiles queued per replica. Actors restart when their
+process dies (``max_restarts``) and Ray retries the interrupted call (``max_task_retries``); tile
+writes are idempotent, so a tile finished by an actor that died before answering is simply
+written again. A tile that still fails is retried on a fresh replica, up to ``MAX_TILE_ATTEMPTS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from range_dist.errors import RangeDistError
+from range_dist.grid.spec import GridSpec, TileKey
+from range_dist.grid.tiles import EncoderPayload, TileResult, embed_and_write_tile, merge_and_write_tile, tile_partials
+
+if TYPE_CHECKING:
+    from range_dist.grid.job import GridPlan
+
+MAX_TILE_ATTEMPTS = 3
+ACTOR_MAX_RESTARTS = 3
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to Ray: an address, $RAY_ADDRESS (inside ``ray job submit``), or a new local instance.
+
+    Returns:
+        True when this call started Ray (the caller shuts it down at the end).
+    """
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
+    return True
+
+
+@ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_RESTARTS)
+class TileWorker:
+    """Thin Ray wrapper: holds a RangeEncoder over (a shard of) the database; calls the plain functions."""
+
+    def __init__(self, payload: EncoderPayload, shard: tuple[int, int] | None, device: str, threads: int,
+                 kill_after_tiles: int | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.encoder = payload.build(device, shard)
+        self.tiles_done = 0
+        # Fault injection for tests: the first incarnation kills its own process after N tiles.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own accessor
+            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        self.kill_after = None if reconstructed else kill_after_tiles
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def _after_tile(self) -> None:
+        self.tiles_done += 1
+        if self.kill_after is not None and self.tiles_done >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies after writing, before answering
+
+    def embed_tile(self, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool,
+                   store: str) -> TileResult:
+        result = embed_and_write_tile(self.encoder, grid, tile, betas, land_only, Path(store))
+        self._after_tile()
+        return result
+
+    def partials(self, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool) -> Any:
+        result = tile_partials(self.encoder, grid, tile, betas, land_only)
+        self._after_tile()
+        return result
+
+
+@ray.remote(num_cpus=0, max_retries=3)
+def _merge_and_write(grid: GridSpec, tile: TileKey, betas: Sequence[float], variant: str, land_only: bool,
+                     store: str, *parts: Any) -> TileResult:
+    return merge_and_write_tile(parts, grid, tile, betas, variant, land_only, Path(store))
+
+
+def _resources(plan: GridPlan) -> tuple[int, float, float, str]:
+    """(replicas, gpus per actor, cpus per actor, device) from the config and the cluster.
+
+    Without an explicit ``cpus_per_actor``, the CPUs are shared out among all actors, in fractions
+    when there are more actors than CPUs (a request above the cluster's CPUs would wait forever).
+    """
+    cfg = plan.config
+    cluster = ray.cluster_resources()
+    total_cpus, total_gpus = int(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
+    shards = cfg.db_shards
+    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if total_gpus > 0 else 0.0)
+    if gpus > 0:
+        if gpus > total_gpus:
+            raise RangeDistError(f"gpus_per_actor={gpus} but the Ray cluster has {total_gpus:g} GPU(s)")
+        replicas = cfg.num_actors or max(1, int(total_gpus // (gpus * shards)))
+        cpus = float(cfg.cpus_per_actor or 1)
+        device = "cuda"
+    else:
+        replicas = cfg.num_actors or 1
+        cpus = float(cfg.cpus_per_actor or total_cpus / (replicas * shards))
+        if cpus * replicas * shards > total_cpus:
+            raise RangeDistError(
+                f"{replicas} replica(s) × {shards} shard(s) × {cpus:g} CPU(s) per actor exceeds the Ray "
+                f"cluster's {total_cpus} CPUs; lower --num-actors / --cpus-per-actor or leave them unset"
+            )
+        device = "cpu"
+    return replicas, gpus, cpus, device
+
+
+class _Replica:
+    """One database replica: one actor, or ``db_shards`` actors holding a slice of the rows each."""
+
+    def __init__(self, plan: GridPlan, payload_ref: Any, gpus: float, cpus: float, device: str) -> None:
+        cfg = plan.config
+        bounds = plan.payload.database.shard_bounds(cfg.db_shards) if cfg.db_shards > 1 else [None]
+        self.actors = [
+            TileWorker.options(num_cpus=cpus, num_gpus=gpus).remote(  # type: ignore[attr-defined]
+                payload_ref, b, device, max(1, int(cpus)), cfg.extra.get("kill_after_tiles"))
+            for b in bounds
+        ]
+        self.in_flight = 0
+
+    def submit(self, plan: GridPlan, tile: TileKey) -> Any:
+        cfg = plan.config
+        grid, store = plan.layout.grid, str(cfg.out)
+        self.in_flight += 1
+        if len(self.actors) == 1:
+            return self.actors[0].embed_tile.remote(grid, tile, cfg.betas, cfg.land_only, store)
+        parts = [a.partials.remote(grid, tile, cfg.betas, cfg.land_only) for a in self.actors]
+        return _merge_and_write.remote(grid, tile, cfg.betas, cfg.variant, cfg.land_only, store, *parts)
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callable[[TileResult], None],
+                     log: Any = sys.stderr) -> int:
+    """Compute ``tiles`` on Ray actors, calling ``on_result`` as each finishes.
+
+    Returns:
+        The number of replicas that worked in parallel.
+    """
+    cfg = plan.config
+    started = ensure_ray(cfg.ray_address)
+    try:
+        replicas_n, gpus, cpus, device = _resources(plan)
+        print(f"ray: {replicas_n} replica(s) × {cfg.db_shards} actor(s), {cpus} CPU(s) and {gpus:g} GPU(s) "
+              f"per actor, device {device}", file=log)
+        payload_ref = ray.put(plan.payload)  # once, shared by every actor
+        replicas = [_Replica(plan, payload_ref, gpus, cpus, device) for _ in range(replicas_n)]
+        queue: deque[TileKey] = deque(tiles)
+        attempts: dict[TileKey, int] = {}
+        in_flight: dict[Any, tuple[TileKey, int]] = {}
+
+        def fill(index: int) -> None:
+            replica = replicas[index]
+            while queue and replica.in_flight < cfg.max_in_flight:
+                tile = queue.popleft()
+                in_flight[replica.submit(plan, tile)] = (tile, index)
+
+        for i in range(len(replicas)):
+            fill(i)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            tile, index = in_flight.pop(ref)
+            replicas[index].in_flight -= 1
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, RangeDistError):
+                    raise exc.cause from None
+                raise
+            except ray.exceptions.RayError as exc:  # actor died for good, object lost, ...
+                attempts[tile] = attempts.get(tile, 0) + 1
+                if attempts[tile] >= MAX_TILE_ATTEMPTS:
+                    raise RangeDistError(f"{tile} failed {attempts[tile]} times; last error: {exc}") from exc
+                print(f"ray: {tile} failed ({type(exc).__name__}); retrying on a fresh replica", file=log)
+                replicas[index].kill()
+                replicas[index] = _Replica(plan, payload_ref, gpus, cpus, device)
+                queue.appendleft(tile)
+                fill(index)
+                continue
+            on_result(result)
+            fill(index)
+        for replica in replicas:
+            replica.kill()
+        return replicas_n
+    finally:
+        if started:
+            ray.shutdown()

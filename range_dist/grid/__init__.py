@@ -1,0 +1,1 @@
+"""Global lat/lon grids, their tiling, and the embed-grid job."""

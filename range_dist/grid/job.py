@@ -1,0 +1,293 @@
+"""The embed-grid job: build an inspectable plan, then execute it locally or on Ray.
+
+``build_plan`` resolves assets, hashes them and fixes the cube layout (cheap: no embedding);
+``run_plan`` creates or resumes the cube, hands the missing tiles to an executor, and finishes
+with a run report that is printed and stored in the cube's attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from range_dist.cube.store import (
+    TILE_COMPUTED,
+    TILE_MISSING,
+    TILE_SKIPPED,
+    CubeLayout,
+    finalize_cube,
+    open_or_create_cube,
+)
+from range_dist.database.store import RetrievalDatabase
+from range_dist.grid.config import GridJobConfig
+from range_dist.grid.spec import TileKey, iter_tiles
+from range_dist.grid.tiles import EncoderPayload, TileResult
+from range_dist.progress import Progress
+from range_dist.retrieval.engine import VARIANTS
+
+FEATURE_LAYOUT = (
+    "[0, D): retrieved image embedding H_beta (D = value dim, 1024); "
+    "[D, D+K): unit SatCLIP location embedding q_hat (K = 256)"
+)
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_assets(config: GridJobConfig, log: Any = sys.stderr) -> GridJobConfig:
+    """Fill in missing checkpoint / database paths: published assets if cached, else samples."""
+    if config.satclip is not None and config.db is not None:
+        return config
+    from range_dist.assets import (
+        DATABASE_FILES,
+        DATABASE_REPO,
+        SATCLIP_FILE,
+        SATCLIP_REPO,
+        default_cache_dir,
+        write_sample_assets,
+    )
+
+    cache = default_cache_dir()
+    try:
+        from huggingface_hub import hf_hub_download
+
+        ckpt = Path(hf_hub_download(SATCLIP_REPO, SATCLIP_FILE, cache_dir=cache, local_files_only=True))
+        db = Path(hf_hub_download(DATABASE_REPO, DATABASE_FILES["med"], repo_type="dataset", cache_dir=cache,
+                                  local_files_only=True))
+        print(f"using the published assets from {cache}", file=log)
+    except Exception:
+        sample_dir = cache / "sample"
+        ckpt, db = sample_dir / "sample-satclip-l10.ckpt", sample_dir / "sample-range-db.npz"
+        if not (ckpt.exists() and db.exists()):
+            paths = write_sample_assets(sample_dir)
+            ckpt, db = paths.checkpoint, paths.database
+        print(f"NOTE: published assets not fetched (`range-dist fetch-assets`); using UNTRAINED SAMPLE assets "
+              f"from {sample_dir}", file=log)
+    return config.with_assets(config.satclip or ckpt, config.db or db)
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """A fully resolved run: what will be computed and written (executing it is a separate step)."""
+
+    config: GridJobConfig
+    layout: CubeLayout
+    tiles: tuple[TileKey, ...]
+    payload: EncoderPayload
+    signature: dict[str, Any]
+    attrs: dict[str, Any]
+
+    @property
+    def points(self) -> int:
+        return self.layout.grid.points
+
+    @property
+    def nbytes(self) -> int:
+        b, n_lat, n_lon, f = self.layout.shape
+        return b * n_lat * n_lon * f * np.dtype(self.layout.dtype).itemsize
+
+    def __repr__(self) -> str:
+        b, n_lat, n_lon, f = self.layout.shape
+        cfg = self.config
+        return (
+            f"GridPlan({cfg.resolution}° grid {n_lat}×{n_lon} = {self.points:,} cells, β={list(cfg.betas)}, "
+            f"{len(self.tiles)} tiles of {cfg.tile_size}², {cfg.variant}, "
+            f"db {self.payload.database.rows:,} rows "
+            f"× {cfg.db_shards} shard(s), cube ({b}, {n_lat}, {n_lon}, {f}) {cfg.dtype} "
+            f"= {self.nbytes / 2**30:.2f} GiB "
+            f"-> {cfg.out})"
+        )
+
+
+def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
+    """Resolve assets, load and hash them, and fix the cube layout and provenance."""
+    from range_dist import __version__
+    from range_dist.encoders.checkpoints import load_satclip_location_encoder
+
+    config = resolve_assets(config, log)
+    assert config.satclip is not None and config.db is not None
+    location = load_satclip_location_encoder(config.satclip, harmonics=config.harmonics)  # type: ignore[arg-type]
+    database = RetrievalDatabase.open(config.db)
+    database.check_compatible(location.embed_dim)
+    if config.db_shards > database.rows:
+        from range_dist.errors import ConfigError
+
+        raise ConfigError(f"db_shards={config.db_shards} exceeds the database's {database.rows} rows")
+    grid = config.grid
+    feature_dim = database.value_dim + database.key_dim
+    layout = CubeLayout(grid, config.betas, feature_dim, config.dtype, config.tile_size, config.chunk_size)
+    tau_sem, tau_geo = VARIANTS[config.variant]
+    db_sha = database.fingerprint()
+    ckpt_sha = sha256_file(config.satclip)
+    signature = {
+        "grid": grid.describe(),
+        "land_only": config.land_only,
+        "variant": config.variant,
+        "betas": list(config.betas),
+        "tau_sem": tau_sem,
+        "tau_geo": tau_geo,
+        "harmonics": location.config.harmonics,
+        "satclip_sha256": ckpt_sha,
+        "database_sha256": db_sha,
+        "database_rows": database.rows,
+        "dtype": config.dtype,
+        "tile_size": config.tile_size,
+        "chunk_size": config.chunk_size,
+        "feature_dim": feature_dim,
+    }
+    west, south, east, north = (float(grid.lon[0] - grid.resolution / 2), float(grid.lat[-1] - grid.resolution / 2),
+                                float(grid.lon[-1] + grid.resolution / 2), float(grid.lat[0] + grid.resolution / 2))
+    db_info = database.describe()
+    attrs = {
+        "title": f"RANGE geo-embeddings ({config.variant}) on a {grid.resolution}° grid",
+        "Conventions": "CF-1.10",
+        "range_dist:version": __version__,
+        "range_dist:created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "range_dist:satclip": str(config.satclip),
+        "range_dist:satclip_sha256": ckpt_sha,
+        "range_dist:database": str(config.db),
+        "range_dist:database_sha256": db_sha,
+        "range_dist:database_rows": database.rows,
+        "range_dist:database_origin": db_info.get("origin", "unknown"),
+        "range_dist:sample_assets": bool(db_info.get("sample", False)),
+        "range_dist:variant": config.variant,
+        "range_dist:tau_sem": tau_sem,
+        "range_dist:tau_geo": tau_geo,
+        "range_dist:betas": list(config.betas),
+        "range_dist:harmonics": location.config.harmonics,
+        "range_dist:grid": grid.describe(),
+        "range_dist:land_mask": "global-land-mask (30 arc-second), cell centres" if config.land_only else "none",
+        "range_dist:retrieval_mode": "exact",
+        "proj:code": "EPSG:4326",
+        "spatial:dimensions": ["lat", "lon"],
+        "spatial:shape": list(grid.shape),
+        "spatial:transform": list(grid.transform),
+        "spatial:bbox": [west, south, east, north],
+        "spatial:registration": "pixel",
+        "geoemb:type": "location_embedding",
+        "geoemb:dimensions": feature_dim,
+        "geoemb:model": f"RANGE {config.variant} (SatCLIP location encoder + soft retrieval)",
+        "geoemb:source_data": str(db_info.get("origin", "unknown")),
+        "geoemb:data_type": config.dtype,
+        "geoemb:quantization": "none" if config.dtype == "float32" else "float16 cast",
+        "geoemb:feature_layout": FEATURE_LAYOUT,
+    }
+    payload = EncoderPayload.from_models(location, database, config.variant, config.memory_budget_mb)
+    return GridPlan(config, layout, tuple(iter_tiles(grid, config.tile_size)), payload, signature, attrs)
+
+
+@dataclass
+class RunReport:
+    """Counts and rates of a run (printed at the end and stored in the cube)."""
+
+    tiles_total: int = 0
+    tiles_already_done: int = 0
+    tiles_computed: int = 0
+    tiles_skipped: int = 0
+    points: int = 0
+    kernel_seconds: float = 0.0
+    bytes_written: int = 0
+    wall_seconds: float = 0.0
+    parallel_workers: int = 1
+    executor: str = "local"
+
+    def add(self, result: TileResult) -> None:
+        if result.status == TILE_SKIPPED:
+            self.tiles_skipped += 1
+        else:
+            self.tiles_computed += 1
+        self.points += result.points
+        self.kernel_seconds += result.kernel_seconds
+        self.bytes_written += result.bytes_written
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def kernel_points_per_second(self) -> float:
+        """Points/s of the embedding kernel alone, with the workers in parallel."""
+        per_worker = self.kernel_seconds / max(self.parallel_workers, 1)
+        return self.points / per_worker if per_worker > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.__dict__,
+            "points_per_second": round(self.points_per_second, 1),
+            "kernel_points_per_second": round(self.kernel_points_per_second, 1),
+            "write_mb_per_second": round(self.bytes_written / 2**20 / max(self.wall_seconds, 1e-9), 1),
+        }
+
+    def summary(self, store: Path) -> str:
+        d = self.as_dict()
+        return (
+            f"run report: {self.tiles_computed} tiles computed, {self.tiles_skipped} skipped (no land), "
+            f"{self.tiles_already_done} already done, of {self.tiles_total}; {self.points:,} points in "
+            f"{self.wall_seconds:.1f} s = {d['points_per_second']:,.0f} points/s (kernel "
+            f"{d['kernel_points_per_second']:,.0f} points/s on {self.parallel_workers} worker(s)); "
+            f"{self.bytes_written / 2**20:,.1f} MiB written ({d['write_mb_per_second']} MiB/s); cube: {store}"
+        )
+
+
+def run_plan(plan: GridPlan, executor: str = "ray", log: Any = sys.stderr) -> RunReport:
+    """Create or resume the cube and compute the missing tiles.
+
+    Args:
+        plan: from :func:`build_plan`.
+        executor: ``ray`` (actors; local Ray in-process unless an address is configured) or
+            ``local`` (this process, one tile at a time; for debugging).
+
+    Returns:
+        The run report (also stored in the cube's ``range_dist:run_report`` attribute).
+    """
+    cfg = plan.config
+    status = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs, overwrite=cfg.overwrite)
+    todo = [t for t in plan.tiles if status[t.row, t.col] == TILE_MISSING]
+    report = RunReport(tiles_total=len(plan.tiles), tiles_already_done=len(plan.tiles) - len(todo), executor=executor)
+    print(repr(plan), file=log)
+    if report.tiles_already_done:
+        print(f"resuming: {report.tiles_already_done} tile(s) already done, {len(todo)} to go", file=log)
+    progress = Progress(total=len(todo), unit="tiles", label="embed-grid", stream=log)
+    start = time.perf_counter()
+    if todo:
+        if executor == "local":
+            from range_dist.executors.local import run_tiles_locally
+
+            report.parallel_workers = 1
+            for result in run_tiles_locally(plan, todo):
+                report.add(result)
+                progress.update(1, result.points)
+        elif executor == "ray":
+            from range_dist.executors.ray_executor import run_tiles_on_ray
+
+            def on_result(result: TileResult) -> None:
+                report.add(result)
+                progress.update(1, result.points)
+
+            report.parallel_workers = run_tiles_on_ray(plan, todo, on_result, log=log)
+        else:
+            from range_dist.errors import ConfigError
+
+            raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
+    report.wall_seconds = time.perf_counter() - start
+    final = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs)
+    missing = int((final == TILE_MISSING).sum())
+    if missing:
+        from range_dist.errors import RangeDistError
+
+        raise RangeDistError(f"{missing} tile(s) are still missing in {cfg.out}; rerun the same command to resume")
+    finalize_cube(cfg.out, {**report.as_dict(), "tiles_computed_total": int((final == TILE_COMPUTED).sum())})
+    print(report.summary(cfg.out), file=log)
+    return report

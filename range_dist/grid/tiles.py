@@ -1,0 +1,130 @@
+"""Per-tile work as plain functions (no Ray): embed a tile, or its shard partials, and write it.
+
+The Ray actors in :mod:`range_dist.executors.ray_executor` are thin wrappers around these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from range_dist.cube.store import TILE_COMPUTED, TILE_SKIPPED, write_tile
+from range_dist.database.store import RetrievalDatabase
+from range_dist.encoder import RangeEncoder
+from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
+from range_dist.grid.spec import GridSpec, TileKey, land_mask, tile_lonlat
+from range_dist.retrieval.engine import Partials, blend, merge_partials
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What one finished tile reports back (small: crosses process boundaries)."""
+
+    tile: TileKey
+    status: int
+    points: int
+    kernel_seconds: float
+    bytes_written: int
+
+
+@dataclass(frozen=True)
+class EncoderPayload:
+    """Everything a worker needs to build its RangeEncoder (put once in the object store).
+
+    Attributes:
+        location_config: SatCLIP architecture.
+        location_state: SatCLIP location weights (float64 arrays).
+        database: the full database; a worker keeps only its shard's rows.
+        variant, tau_sem, tau_geo: retrieval settings.
+        memory_budget_mb: per-worker bound on retrieval working memory.
+    """
+
+    location_config: SatCLIPLocationConfig
+    location_state: dict[str, npt.NDArray[np.float64]]
+    database: RetrievalDatabase
+    variant: str
+    tau_sem: float | None = None
+    tau_geo: float | None = None
+    memory_budget_mb: float = 512.0
+
+    @classmethod
+    def from_models(cls, location: SatCLIPLocationEncoder, database: RetrievalDatabase, variant: str,
+                    memory_budget_mb: float = 512.0) -> EncoderPayload:
+        state = {k: v.detach().cpu().numpy() for k, v in location.state_dict().items()}
+        return cls(location.config, state, database, variant, memory_budget_mb=memory_budget_mb)
+
+    def build(self, device: str = "cpu", shard: tuple[int, int] | None = None) -> RangeEncoder:
+        """The encoder over the whole database, or over rows [start, stop) of it."""
+        location = SatCLIPLocationEncoder(self.location_config)
+        # object-store arrays are read-only views: copy them into the module's own tensors
+        location.load_state_dict({k: torch.tensor(v) for k, v in self.location_state.items()})
+        db = self.database if shard is None else self.database.select(slice(*shard))
+        return RangeEncoder(location, db, self.variant, device, tau_sem=self.tau_sem, tau_geo=self.tau_geo,
+                            memory_budget_mb=self.memory_budget_mb)
+
+
+def tile_points(
+    grid: GridSpec, tile: TileKey, land_only: bool
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Cell centres of a tile and the mask of those to embed (all, or land only)."""
+    lonlat = tile_lonlat(grid, tile)
+    mask = land_mask(lonlat) if land_only else np.ones(len(lonlat), dtype=bool)
+    return lonlat, mask
+
+
+def _scatter(grid_tile: TileKey, mask: npt.NDArray[np.bool_], emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    h, w = grid_tile.shape
+    block = np.full((emb.shape[0], h * w, emb.shape[2]), np.nan, dtype=np.float32)
+    block[:, mask] = emb
+    return block.reshape(emb.shape[0], h, w, emb.shape[2])
+
+
+def embed_and_write_tile(
+    encoder: RangeEncoder, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool, store: Path
+) -> TileResult:
+    """Embed one tile at every β and write it as one shard (idempotent)."""
+    lonlat, mask = tile_points(grid, tile, land_only)
+    if not mask.any():
+        write_tile(store, tile, None, TILE_SKIPPED)
+        return TileResult(tile, TILE_SKIPPED, 0, 0.0, 0)
+    start = time.perf_counter()
+    emb = encoder.encode(lonlat[mask], betas)
+    kernel = time.perf_counter() - start
+    written = write_tile(store, tile, _scatter(tile, mask, emb), TILE_COMPUTED)
+    return TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written)
+
+
+def tile_partials(
+    encoder: RangeEncoder, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool
+) -> dict[str, Any] | None:
+    """One shard's softmax partials for a tile's points (None for a tile without land)."""
+    lonlat, mask = tile_points(grid, tile, land_only)
+    if not mask.any():
+        return None
+    start = time.perf_counter()
+    partials, q_hat = encoder.partials(lonlat[mask], betas)
+    return {**partials.numpy(), "q_hat": q_hat.numpy(), "seconds": time.perf_counter() - start}
+
+
+def merge_and_write_tile(
+    parts: Sequence[dict[str, Any] | None], grid: GridSpec, tile: TileKey, betas: Sequence[float], variant: str,
+    land_only: bool, store: Path,
+) -> TileResult:
+    """Merge the shards' partials of a tile exactly, blend the β levels and write the shard."""
+    if parts[0] is None:
+        write_tile(store, tile, None, TILE_SKIPPED)
+        return TileResult(tile, TILE_SKIPPED, 0, 0.0, 0)
+    present = [p for p in parts if p is not None]
+    merged = merge_partials([Partials.from_numpy(p) for p in present])
+    emb = blend(merged, torch.from_numpy(present[0]["q_hat"]), betas, variant).numpy()
+    _, mask = tile_points(grid, tile, land_only)
+    written = write_tile(store, tile, _scatter(tile, mask, emb), TILE_COMPUTED)
+    kernel = max(float(p["seconds"]) for p in present)
+    return TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written)
