@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import resource
 import statistics
 import time
@@ -78,6 +79,44 @@ def sphere_lonlat(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class CpuMeter:
+    """Share of the machine's CPUs that *other* processes used while the meter ran (Linux /proc/stat).
+
+    The machine may be shared: a parallel matrix product slows down far more than proportionally when
+    one of its threads loses its core, so timings taken while others are busy are pessimistic.
+    """
+
+    def __init__(self) -> None:
+        self.other_ticks = 0.0
+        self.wall = 0.0
+        self._start: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _busy_ticks() -> float:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return float("nan")
+        return float(sum(fields) - fields[3] - fields[4])  # all but idle and iowait
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (self._busy_ticks(), sum(os.times()[:2]), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._start is not None
+        busy0, own0, t0 = self._start
+        busy = (self._busy_ticks() - busy0) / os.sysconf("SC_CLK_TCK")
+        self.other_ticks += max(0.0, busy - (sum(os.times()[:2]) - own0))
+        self.wall += time.perf_counter() - t0
+
+    @property
+    def other_share(self) -> float:
+        """CPU-seconds used by other processes / (wall seconds × CPUs)."""
+        return self.other_ticks / max(self.wall * (os.cpu_count() or 1), 1e-9)
 
 
 def best_time(fn: Callable[[], object], reps: int) -> tuple[float, float]:
@@ -170,7 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--values-ld", type=int, default=None, help="store values_aug rows W floats apart (padding experiment)"
     )
-    parser.add_argument("--naive-points", type=int, default=1_000, help="points timed for the naive reference")
+    parser.add_argument("--naive-points", type=int, default=500, help="points timed for the naive reference")
     parser.add_argument("--fp64-points", type=int, default=64, help="points checked against float64")
     parser.add_argument("--reps", type=int, default=2, help="timed repetitions of the retrieval (best kept)")
     parser.add_argument("--sweep", action="store_true", help="also time a grid of chunk sizes")
@@ -221,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     # ------------------------------------------------------------------ matmul rate
-    mm_best, mm_median = matmul_rate()
+    meter = CpuMeter()
+    with meter:
+        mm_best, mm_median = matmul_rate()
     print(f"fp32 matmul rate (torch.mm 2048x2048, 10 reps): best {mm_best:.1f} GFLOP/s, median {mm_median:.1f}")
 
     # ------------------------------------------------------------------ engine, retrieval only
@@ -236,14 +277,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         times_3: list[float] = []
         times_1: list[float] = []
         for _ in range(args.reps):  # interleaved, so that a busy spell hits both alike
-            times_3.append(best_time(lambda: run_engine(encoder, q_hat, xyz, betas, settings, out), 1)[0])
-            times_1.append(best_time(lambda: run_engine(encoder, q_hat, xyz, one_beta, settings_1), 1)[0])
+            with meter:
+                times_3.append(best_time(lambda: run_engine(encoder, q_hat, xyz, betas, settings, out), 1)[0])
+                times_1.append(best_time(lambda: run_engine(encoder, q_hat, xyz, one_beta, settings_1), 1)[0])
     t3, t1 = min(times_3), min(times_1)
     pairs = float(args.points) * args.rows
 
     # ------------------------------------------------------------------ end to end
     encoder.encode(points[:warm], betas)
-    t_encode, _ = best_time(lambda: encoder.encode(points, betas), 1)
+    with meter:
+        t_encode, _ = best_time(lambda: encoder.encode(points, betas), 1)
     rss_engine = peak_rss_mib()
 
     # ------------------------------------------------------------------ naive reference
@@ -254,10 +297,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     qn, xn = q_hat[:n_naive], xyz[:n_naive]
     naive_out = torch.empty((len(betas), n_naive, encoder.output_dim), dtype=torch.float32)
     naive_range_plus(qn[:8], xn[:8], keys_hat, db_xyz, values_t, betas[0])  # warm-up
-    t0 = time.perf_counter()
-    for b, beta in enumerate(betas):
-        naive_out[b] = naive_range_plus(qn, xn, keys_hat, db_xyz, values_t, beta)
-    t_naive_subset = time.perf_counter() - t0
+    with meter:
+        t0 = time.perf_counter()
+        for b, beta in enumerate(betas):
+            naive_out[b] = naive_range_plus(qn, xn, keys_hat, db_xyz, values_t, beta)
+        t_naive_subset = time.perf_counter() - t0
     t_naive = t_naive_subset * args.points / n_naive
     diff = float((out[:, :n_naive] - naive_out).abs().max())
     scale = float(naive_out[:, :, :VALUE_DIM].abs().max())
@@ -278,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # ------------------------------------------------------------------ report
     def row(what: str, seconds: float, points: int, flops: float | None) -> str:
         rate = "" if flops is None else f"{flops / seconds / 1e9:9.1f} {flops / seconds / 1e9 / mm_best:6.2f}"
-        return f"{what:<38s} {seconds:8.2f} {points / seconds:9.0f} {rate}"
+        return f"{what:<38s} {seconds:8.2f} {points / seconds:9.0f} {rate}".rstrip()
 
     print()
     print(f"{'what':<38s} {'time s':>8s} {'points/s':>9s} {'GFLOP/s':>9s} {'of mm':>6s}")
@@ -286,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(row(f"retrieval {len(betas)}β ({betas_s})", t3, args.points, pairs * per_pair))
     print(row("retrieval 1β (0.5)", t1, args.points, pairs * per_pair_1))
     print(row(f"encode end-to-end {len(betas)}β", t_encode, args.points, pairs * per_pair))
-    print(row("  SatCLIP features q̂, xyz alone", t_features, args.points, None))
+    print(row("  SatCLIP features alone", t_features, args.points, None))
     print(row(f"naive {len(betas)}β (scaled from {n_naive:,} points)", t_naive, args.points, None))
     print()
     print(
@@ -305,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"retrieval timings, all reps: {len(betas)}β {[round(t, 2) for t in times_3]}, "
         f"1β {[round(t, 2) for t in times_1]}"
     )
+    print(
+        f"other processes used {100 * meter.other_share:.0f}% of this machine's {os.cpu_count()} CPUs during the "
+        "timings" + (" (busy machine: figures are pessimistic)" if meter.other_share > 0.05 else "")
+    )
     work = working_bytes(settings, args.rows, KEY_DIM, width, len(betas))
     print(
         f"memory: engine working buffers {work / 2**20:.1f} MiB per query block; database on device "
@@ -318,15 +366,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         qs, xs = q_hat[:n_sweep], xyz[:n_sweep]
         grid = [(n, m) for n in SWEEP_QUERY_CHUNKS for m in SWEEP_DB_CHUNKS]
         best: dict[tuple[int, int], float] = {}
+        sweep_meter = CpuMeter()
         with torch.no_grad():
-            for rep in range(args.reps + 1):  # the first pass is the warm-up
+            for rep in range(args.reps + 1):  # the first pass is the warm-up; passes interleave the grid
                 for n, m in grid:
                     trial = dataclasses.replace(settings, query_chunk=n, db_chunk=m)
-                    t, _ = best_time(lambda trial=trial: run_engine(encoder, qs, xs, betas, trial), 1)
+                    with sweep_meter:
+                        t, _ = best_time(lambda trial=trial: run_engine(encoder, qs, xs, betas, trial), 1)
                     if rep:
                         best[(n, m)] = min(best.get((n, m), float("inf")), t)
         flops = float(n_sweep) * args.rows * per_pair
-        print(f"\nchunk sweep, {len(betas)}β retrieval of {n_sweep:,} points, GFLOP/s (best of {args.reps}):")
+        print(
+            f"\nchunk sweep, {len(betas)}β retrieval of {n_sweep:,} points, GFLOP/s (best of {args.reps}; other "
+            f"processes used {100 * sweep_meter.other_share:.0f}% of the CPUs):"
+        )
         print("query_chunk \\ db_chunk " + "".join(f"{m:>8d}" for m in SWEEP_DB_CHUNKS))
         for n in SWEEP_QUERY_CHUNKS:
             print(f"{n:>22d} " + "".join(f"{flops / best[(n, m)] / 1e9:8.1f}" for m in SWEEP_DB_CHUNKS))

@@ -105,8 +105,12 @@ def _export_db(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix == ".npz":
         db.to_npz(out, overwrite=args.overwrite)
+    elif out.suffix in (".parquet", ".geoparquet"):
+        from range_dist.database.geoparquet import to_geoparquet
+
+        to_geoparquet(db, out, overwrite=args.overwrite)
     else:
-        raise ConfigError(f"--out {out}: unsupported export type {out.suffix!r}; use .npz")
+        raise ConfigError(f"--out {out}: unsupported export type {out.suffix!r}; use .npz or .parquet (GeoParquet)")
     print(f"wrote {out} ({db.rows} rows)")
     return 0
 
@@ -168,6 +172,34 @@ def _embed_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- building a database
+@_command("sample-locations", "sample locations uniformly on the sphere's land, with ids (CSV/Parquet)")
+def _sample_locations(args: argparse.Namespace) -> int:
+    from range_dist.sampling import sample_locations, write_locations
+
+    locs = sample_locations(args.count, seed=args.seed, land_only=not args.include_ocean)
+    write_locations(locs, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(locs)} locations to {args.out}")
+    return 0
+
+
+@_command("build-db", "build a retrieval database from Sentinel-2 L2A on a STAC API (SatCLIP keys, SatMAE values)")
+def _build_db(args: argparse.Namespace) -> int:
+    from range_dist.database.build import BuildConfig, build_plan, run_build
+
+    names = BuildConfig.field_names()
+    overrides = {name: getattr(args, name, None) for name in names}
+    if args.gdal:
+        overrides["gdal"] = tuple(tuple(kv.split("=", 1)) for kv in args.gdal)
+    config = BuildConfig.load(args.config, overrides)
+    plan, appender = build_plan(config)
+    print(repr(plan))
+    if args.dry_run:
+        return 0
+    report = run_build(plan, appender)
+    return 0 if report.rows_written + report.skipped_done > 0 or not plan.todo else 1
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -199,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export-db")
     p.add_argument("db", type=Path)
-    p.add_argument("--out", type=Path, required=True, help=".npz (published layout)")
+    p.add_argument("--out", type=Path, required=True, help=".npz (published layout) or .parquet (GeoParquet)")
     p.add_argument("--overwrite", action="store_true")
 
     p = add("db-info")
@@ -245,6 +277,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing store made with other settings")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+    p = add("sample-locations")
+    p.add_argument("--count", type=int, required=True, help="number of locations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-ocean", action="store_true", help="do not restrict to land")
+    p.add_argument("--out", type=Path, required=True, help=".parquet or .csv (location_id, lon, lat)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("build-db")
+    p.add_argument("--config", type=Path, default=None, help="YAML file (BuildConfig fields); flags override it")
+    p.add_argument("--locations", type=Path, default=None, help="CSV/Parquet of location_id, lon, lat")
+    p.add_argument("--out", type=Path, default=None, help="Zarr database to create or resume (.zarr)")
+    p.add_argument("--stac-url", default=None, help="STAC API root (default: from --preset)")
+    p.add_argument("--preset", choices=["earth-search", "planetary-computer"], default=None)
+    p.add_argument("--collection", default=None, help="default sentinel-2-l2a")
+    p.add_argument("--datetime", default=None, help="START/END (default 2021-01-01/2023-05-17)")
+    p.add_argument("--max-cloud", type=float, default=None, help="percent, scene and chip (default 20)")
+    p.add_argument("--max-nodata", type=float, default=None, help="fraction of a chip (default 0.1)")
+    p.add_argument("--chip-size", type=int, default=None, help="10 m pixels per side (default 256)")
+    p.add_argument("--radiometry", choices=["faithful", "harmonised"], default=None, help="default faithful")
+    p.add_argument("--key-encoder", default=None, help="satclip-vit16 (default), satclip-resnet18, satclip-resnet50")
+    p.add_argument("--key-checkpoint", type=Path, default=None, help="SatCLIP Lightning .ckpt (model.visual.*)")
+    p.add_argument("--value-encoder", default=None, help="default satmae-vitl16-fmow-rgb")
+    p.add_argument("--value-checkpoint", type=Path, default=None, help="SatMAE .pth or .safetensors")
+    p.add_argument("--candidates", type=int, default=None, help="scenes tried per location (default 3)")
+    p.add_argument("--batch-size", type=int, default=None, help="locations per batch/append (default 16)")
+    p.add_argument("--executor", choices=["local", "ray"], default=None, help="default local")
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--num-readers", type=int, default=None, help="concurrent chip readers (default 2)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--gdal", action="append", default=None, metavar="NAME=VALUE", help="extra GDAL setting")
+    p.add_argument("--limit", type=int, default=None, help="only the first N locations")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace instead of resuming")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+    from range_dist.analysis.cli import add_parsers as add_analysis_parsers
+
+    add_analysis_parsers(sub)  # map, probe, sample (handlers set on the parsers)
     return parser
 
 

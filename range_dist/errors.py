@@ -33,3 +33,19 @@ class StoreMismatchError(RangeDistError):
 
 class AssetError(RangeDistError):
     """A published asset could not be fetched (offline, unknown repository, ...)."""
+
+
+class StacError(RangeDistError):
+    """A STAC API could not be searched (unreachable, bad response, unknown collection)."""
+
+
+class ChipReadError(RangeDistError):
+    """A chip could not be read from a scene's COGs (HTTP error after retries, corrupt file).
+
+    Attributes:
+        reason: a short failure class recorded in the failure table (``http_error``, ``corrupt_file``).
+    """
+
+    def __init__(self, message: str, reason: str = "read_error") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -29,7 +29,7 @@ BETAS = (0.0, 0.5, 1.0)
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

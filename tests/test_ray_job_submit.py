@@ -66,6 +66,10 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        # `ray start` records the head here; a bare ray.init() elsewhere would try to join it.
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
+            record.unlink()
 
 
 def test_ray_job_submit_embed_grid(ray_head: str, sample_assets: tuple[Path, Path], tmp_path: Path) -> None:

@@ -115,3 +115,12 @@ def test_batch_layout_does_not_change_published_values_beyond_rounding() -> None
     full = spherical_harmonics(POINTS, 20, "published")
     parts = torch.cat([spherical_harmonics(POINTS[i : i + 7], 20, "published") for i in range(0, len(POINTS), 7)])
     torch.testing.assert_close(full, parts, rtol=1e-12, atol=1e-9)
+
+
+def test_exact_mode_on_grid_equals_point_by_point() -> None:
+    """The exact mode evaluates latitude and longitude parts on distinct values; nothing may change."""
+    lat, lon = np.meshgrid(np.arange(89.5, -90, -7.0), np.arange(-179.5, 180, 9.0), indexing="ij")
+    grid = torch.from_numpy(np.stack([lon.ravel(), lat.ravel()], axis=1))
+    together = spherical_harmonics(grid, 40, "exact")
+    one_by_one = torch.cat([spherical_harmonics(grid[i : i + 1], 40, "exact") for i in range(len(grid))])
+    torch.testing.assert_close(together, one_by_one, rtol=1e-13, atol=1e-13)

@@ -123,7 +123,9 @@ class _ExpressionProgram:
         """Return (N, len(expressions)) values for angle tensors of shape (N,).
 
         Points are processed ``chunk`` at a time and every intermediate is dropped after its last
-        use, so the working set stays cache-sized whatever N is.
+        use, so the working set stays cache-sized whatever N is. (Evaluating the theta-only terms on
+        distinct latitudes does not pay here: the printed expressions distribute cos(m·phi) over
+        every polynomial term, so almost every operation mixes both angles.)
         """
         if not hasattr(self, "_frees"):
             self._frees, self._columns = self._plan()
@@ -208,22 +210,30 @@ def _normalised_legendre(x: torch.Tensor, s: torch.Tensor, degrees: int) -> dict
 
 
 def _recurrence_harmonics(lonlat: torch.Tensor, degrees: int, upstream_closed_form: bool) -> torch.Tensor:
-    phi, _ = angles_from_lonlat(lonlat)
-    lat = torch.deg2rad(lonlat[:, 1])
+    # The latitude part (Legendre functions) and the longitude part (cos/sin(m·phi)) are computed
+    # on the distinct latitudes and longitudes, then multiplied per point: on grids this is far
+    # cheaper, and for scattered points it costs the same as the direct product.
+    unique_lat, inverse_lat = torch.unique(lonlat[:, 1], return_inverse=True)
+    unique_lon, inverse_lon = torch.unique(lonlat[:, 0], return_inverse=True)
+    lat = torch.deg2rad(unique_lat)
+    phi = torch.deg2rad(unique_lon + 180)
     x = -torch.sin(lat)  # cos(theta), theta from the south pole
     s = torch.cos(lat).clamp_min(0.0)  # sin(theta) >= 0
     plm = _normalised_legendre(x, s, degrees)
-    columns: list[torch.Tensor] = []
+    latitude_part: list[torch.Tensor] = []
+    longitude_part: list[torch.Tensor] = []
+    ones = torch.ones_like(phi)
     for l in range(degrees):
         for m in range(-l, l + 1):
             p = plm[(l, abs(m))]
             if m == 0:
-                columns.append(p if upstream_closed_form else math.pi * p)
+                latitude_part.append(p if upstream_closed_form else math.pi * p)
+                longitude_part.append(ones)
                 continue
             sign = -1.0 if (upstream_closed_form and abs(m) % 2 == 1) else 1.0
-            angular = torch.cos(m * phi) if m > 0 else torch.sin(-m * phi)
-            columns.append((sign * math.sqrt(2.0)) * p * angular)
-    return torch.stack(columns, dim=-1)
+            latitude_part.append((sign * math.sqrt(2.0)) * p)
+            longitude_part.append(torch.cos(m * phi) if m > 0 else torch.sin(-m * phi))
+    return torch.stack(latitude_part, dim=-1)[inverse_lat] * torch.stack(longitude_part, dim=-1)[inverse_lon]
 
 
 # --------------------------------------------------------------------------------------------

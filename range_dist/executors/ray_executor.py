@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -47,7 +48,9 @@ def ensure_ray(address: str | None) -> bool:
         return False
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+        # address="local": always a new instance; a bare init() would try to join any cluster that
+        # `ray start` once recorded on this machine, even a dead one.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     else:
         ray.init(address=address, logging_level=logging.WARNING)
@@ -154,13 +157,14 @@ class _Replica:
 
 
 def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callable[[TileResult], None],
-                     log: Any = sys.stderr) -> int:
+                     log: Any = sys.stderr) -> tuple[int, float]:
     """Compute ``tiles`` on Ray actors, calling ``on_result`` as each finishes.
 
     Returns:
-        The number of replicas that worked in parallel.
+        (replicas that worked in parallel, start-up seconds: Ray and the actors' model loading).
     """
     cfg = plan.config
+    start = time.perf_counter()
     started = ensure_ray(cfg.ray_address)
     try:
         replicas_n, gpus, cpus, device = _resources(plan)
@@ -168,6 +172,8 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
               f"per actor, device {device}", file=log)
         payload_ref = ray.put(plan.payload)  # once, shared by every actor
         replicas = [_Replica(plan, payload_ref, gpus, cpus, device) for _ in range(replicas_n)]
+        ray.get([actor.ready.remote() for replica in replicas for actor in replica.actors])
+        startup = time.perf_counter() - start
         queue: deque[TileKey] = deque(tiles)
         attempts: dict[TileKey, int] = {}
         in_flight: dict[Any, tuple[TileKey, int]] = {}
@@ -205,7 +211,7 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
             fill(index)
         for replica in replicas:
             replica.kill()
-        return replicas_n
+        return replicas_n, startup
     finally:
         if started:
             ray.shutdown()

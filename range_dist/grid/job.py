@@ -200,6 +200,7 @@ class RunReport:
     kernel_seconds: float = 0.0
     bytes_written: int = 0
     wall_seconds: float = 0.0
+    startup_seconds: float = 0.0
     parallel_workers: int = 1
     executor: str = "local"
 
@@ -214,7 +215,9 @@ class RunReport:
 
     @property
     def points_per_second(self) -> float:
-        return self.points / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        """End-to-end points/s of the tile loop (Ray start-up and model loading excluded)."""
+        loop = self.wall_seconds - self.startup_seconds
+        return self.points / loop if loop > 0 else 0.0
 
     @property
     def kernel_points_per_second(self) -> float:
@@ -227,7 +230,9 @@ class RunReport:
             **self.__dict__,
             "points_per_second": round(self.points_per_second, 1),
             "kernel_points_per_second": round(self.kernel_points_per_second, 1),
-            "write_mb_per_second": round(self.bytes_written / 2**20 / max(self.wall_seconds, 1e-9), 1),
+            "write_mb_per_second": round(
+                self.bytes_written / 2**20 / max(self.wall_seconds - self.startup_seconds, 1e-9), 1
+            ),
         }
 
     def summary(self, store: Path) -> str:
@@ -235,7 +240,8 @@ class RunReport:
         return (
             f"run report: {self.tiles_computed} tiles computed, {self.tiles_skipped} skipped (no land), "
             f"{self.tiles_already_done} already done, of {self.tiles_total}; {self.points:,} points in "
-            f"{self.wall_seconds:.1f} s = {d['points_per_second']:,.0f} points/s (kernel "
+            f"{self.wall_seconds:.1f} s ({self.startup_seconds:.1f} s start-up) = "
+            f"{d['points_per_second']:,.0f} points/s (kernel "
             f"{d['kernel_points_per_second']:,.0f} points/s on {self.parallel_workers} worker(s)); "
             f"{self.bytes_written / 2**20:,.1f} MiB written ({d['write_mb_per_second']} MiB/s); cube: {store}"
         )
@@ -276,7 +282,7 @@ def run_plan(plan: GridPlan, executor: str = "ray", log: Any = sys.stderr) -> Ru
                 report.add(result)
                 progress.update(1, result.points)
 
-            report.parallel_workers = run_tiles_on_ray(plan, todo, on_result, log=log)
+            report.parallel_workers, report.startup_seconds = run_tiles_on_ray(plan, todo, on_result, log=log)
         else:
             from range_dist.errors import ConfigError
 

@@ -1,0 +1,166 @@
+"""The ``map``, ``probe`` and ``sample`` subcommands (registered by :func:`add_parsers`).
+
+Thin: parse, call the analysis library, print, return an exit code. Errors are
+:class:`~range_dist.errors.RangeDistError` subclasses, which ``range_dist.cli.main`` reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from range_dist.errors import ConfigError
+
+
+def _parse_float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.5,1") from exc
+
+
+def _map_out(out: Path, beta: float, several: bool) -> Path:
+    return out.with_name(f"{out.stem}_beta{beta:g}{out.suffix}") if several else out
+
+
+def run_map(args: argparse.Namespace) -> int:
+    """``range-dist map CUBE [--beta B[,B...]] --out map.png [--method ica|pca] [--geotiff out.tif]``."""
+    from range_dist.analysis.cube import open_cube
+    from range_dist.analysis.maps import render_map
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the map is written as PNG; give a path ending in .png")
+    if args.geotiff is not None and Path(args.geotiff).suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"--geotiff {args.geotiff}: give a path ending in .tif")
+    ds = open_cube(args.cube)
+    betas = [float(b) for b in ds["beta"].values] if args.beta is None else _parse_float_list(args.beta, "--beta")
+    several = len(betas) > 1
+    for beta in betas:
+        tif = _map_out(Path(args.geotiff), beta, several) if args.geotiff is not None else None
+        result = render_map(ds, beta, _map_out(out, beta, several), method=args.method, geotiff=tif,
+                            scale=args.scale, max_cells=args.fit_cells, seed=args.seed)
+        extra = f", {result.geotiff}" if result.geotiff else ""
+        print(f"beta={beta:g}: wrote {result.png} ({result.size[0]}x{result.size[1]} px, {args.method.upper()} "
+              f"fitted on {result.projection.fitted_cells} cells){extra}")
+    if ds.attrs.get("range_dist:sample_assets"):
+        print("NOTE: this cube was made with untrained SAMPLE assets, not the published model")
+    return 0
+
+
+def _range_encoders(args: argparse.Namespace) -> list[Any]:
+    from range_dist.analysis.probes import cube_encoder, range_encoder
+
+    encoders: list[Any] = []
+    if args.cube is not None:
+        from range_dist.analysis.cube import open_cube
+
+        ds = open_cube(args.cube)
+        betas = [float(b) for b in ds["beta"].values] if args.betas is None else _parse_float_list(args.betas,
+                                                                                                     "--betas")
+        encoders += [cube_encoder(ds, b, method=args.method) for b in betas]
+    if args.db is not None:
+        if args.satclip is None:
+            raise ConfigError("--db needs --satclip CKPT (RANGE queries the database with SatCLIP embeddings)")
+        from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
+        from range_dist.cli import parse_betas
+
+        enc = RangeEncoder(load_satclip_location_encoder(args.satclip), RetrievalDatabase.open(args.db),
+                           variant=args.variant, device=args.device)
+        betas = list(parse_betas(args.betas or "0.5")) if args.variant == "range+" else [0.5]
+        encoders += [range_encoder(enc, b) for b in betas]
+    return encoders
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """``range-dist probe --task T[,T...] [--cube CUBE | --satclip CKPT --db DB] [--baselines ...]``."""
+    from range_dist.analysis.probes import baseline_encoders, results_markdown, run_probes, write_results_csv
+    from range_dist.analysis.tasks import make_task
+
+    task_specs = [t for t in args.task.split(",") if t.strip()]
+    if not task_specs:
+        raise ConfigError("--task is empty; give landocean, koppen, country or checkerboard[:K]")
+    baseline_names = [b for b in (args.baselines or "").split(",") if b.strip()]
+    skipped: list[str] = []
+    encoders = baseline_encoders(baseline_names, satclip=args.satclip, skipped=skipped) + _range_encoders(args)
+    if not encoders:
+        raise ConfigError("nothing to probe: pass --cube CUBE, --satclip CKPT --db DB, and/or --baselines "
+                          "direct,cartesian3d,wrap,satclip")
+    tasks = [make_task(spec, size=args.size, seed=args.seed, min_count=args.min_count) for spec in task_specs]
+    for task in tasks:
+        print(f"{task.name}: {task.description}")
+    for note in skipped:
+        print(note)
+    results = run_probes(tasks, encoders)
+    print()
+    print(results_markdown(results))
+    if args.csv is not None:
+        print(f"\nwrote {write_results_csv(results, args.csv)}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """``range-dist sample CUBE --points pts.csv --out emb.npz [--betas ...] [--method nearest|bilinear]``."""
+    from range_dist.analysis.cube import open_cube, sample_cube, to_numpy
+    from range_dist.points_io import read_points, write_embeddings
+
+    ds = open_cube(args.cube)
+    points = read_points(args.points)
+    betas = None if args.betas is None else _parse_float_list(args.betas, "--betas")
+    samples = sample_cube(ds, points, betas=betas, method=args.method)
+    values = to_numpy(samples)
+    beta_values = [float(b) for b in samples["beta"].values]
+    attrs = {"cube": str(args.cube), "method": args.method, "betas": beta_values,
+             "sample_assets": bool(ds.attrs.get("range_dist:sample_assets", False))}
+    out = write_embeddings(args.out, points, beta_values, values, attrs, overwrite=args.overwrite)
+    print(f"sampled {len(points)} points x {values.shape[0]} β levels ({args.method}); wrote {out} {values.shape}")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``map``, ``probe`` and ``sample`` on an argparse subparsers object (``handler=`` set)."""
+    p = subparsers.add_parser("map", help="RGB map (ICA/PCA) of a cube as PNG (+ GeoTIFF/COG)",
+                              description="Project a cube's embeddings to RGB and write a PNG per β.")
+    p.add_argument("cube", type=Path, help="embedding cube (.zarr) written by embed-grid")
+    p.add_argument("--beta", default=None, help="β level(s), comma-separated (default: every β of the cube; "
+                                                "several β write OUT_beta<β>.png)")
+    p.add_argument("--out", type=Path, required=True, help="PNG path")
+    p.add_argument("--method", choices=["ica", "pca"], default="ica", help="projection (default ica, as the paper)")
+    p.add_argument("--geotiff", type=Path, default=None, help="also write an RGBA Cloud-Optimised GeoTIFF")
+    p.add_argument("--scale", type=int, default=None, help="PNG upscaling factor (default: about 720 px wide)")
+    p.add_argument("--fit-cells", type=int, default=20000, help="cells the projection is fitted on")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=run_map)
+
+    p = subparsers.add_parser("probe", help="linear probes (paper protocol) on offline tasks",
+                              description="Linear probes with the RANGE paper's protocol: MinMaxScaler, "
+                                          "RidgeClassifierCV(alphas=(0.1,1,10), cv=10), 80/20 split, seed 42.")
+    p.add_argument("--task", required=True,
+                   help="comma-separated: landocean, koppen, country, checkerboard[:K] (K support points)")
+    p.add_argument("--cube", type=Path, default=None, help="probe RANGE embeddings sampled from this cube")
+    p.add_argument("--method", choices=["nearest", "bilinear"], default="bilinear", help="cube sampling")
+    p.add_argument("--satclip", type=Path, default=None, help="SatCLIP checkpoint (satclip baseline, RANGE)")
+    p.add_argument("--db", type=Path, default=None, help="retrieval database: probe RANGE computed directly")
+    p.add_argument("--variant", choices=["range+", "range"], default="range+")
+    p.add_argument("--betas", default=None, help="β level(s) to probe (default: the cube's, or 0.5)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--baselines", default="",
+                   help="comma-separated: direct, cartesian3d, wrap, satclip (needs --satclip), geoclip "
+                        "(skipped unless the geoclip package is installed)")
+    p.add_argument("--size", type=int, default=2000,
+                   help="points per real-data task; train and test points of the checkerboard (paper: 10000)")
+    p.add_argument("--min-count", type=int, default=10, help="drop classes with fewer points (koppen, country)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the task points (the split seed is 42)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the results as CSV")
+    p.set_defaults(handler=run_probe)
+
+    p = subparsers.add_parser("sample", help="sample a cube's embeddings at the points of a file",
+                              description="Embeddings of a cube at points (nearest cell or bilinear).")
+    p.add_argument("cube", type=Path, help="embedding cube (.zarr)")
+    p.add_argument("--points", type=Path, required=True, help="CSV or Parquet with lon, lat columns (degrees)")
+    p.add_argument("--out", type=Path, required=True, help=".npz, .parquet or .zarr (as embed-points)")
+    p.add_argument("--betas", default=None, help="β level(s) (default: all of the cube)")
+    p.add_argument("--method", choices=["nearest", "bilinear"], default="bilinear")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=run_sample)

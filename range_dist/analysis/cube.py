@@ -1,0 +1,364 @@
+"""Open embedding cubes lazily, select β levels and sample embeddings at points.
+
+A cube is the Zarr v3 store written by ``range-dist embed-grid``: ``embedding(beta, lat, lon,
+feature)`` on a regular grid of cell centres, lat descending (north-up), lon ascending, NaN where
+a cell was not embedded (ocean in land-only cubes). Everything here is lazy (xarray + dask) until
+values are asked for, and point sampling reads only the cells it needs.
+
+Sampling methods:
+
+* ``nearest``: the value of the cell whose centre is nearest in (lon, lat) degrees; across the
+  antimeridian on a globe-spanning cube (lon 179.9 can pick the cell at -179.5). NaN where that
+  cell is NaN.
+* ``bilinear``: linear in lat and lon between the four surrounding cell centres. Exact at cell
+  centres. On a globe-spanning cube the two columns either side of the antimeridian are
+  neighbours; beyond the outermost latitude centres (near the poles) the value is constant in
+  lat. NaN cells (ocean in land-only cubes) get zero weight and the remaining weights are
+  renormalised, so a coastal point takes the value of its land neighbours; a point whose four
+  neighbours are all NaN is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from range_dist.coords import validate_lonlat
+from range_dist.errors import ConfigError, CoordinateError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+METHODS = ("nearest", "bilinear")
+#: Target size of one dask chunk of ``embedding`` when a cube is opened for analysis.
+TARGET_CHUNK_BYTES = 64 * 2**20
+#: Points gathered per read in :func:`sample_cube` (bounds memory: 4 corners × B × F floats each).
+POINT_BLOCK = 2048
+
+
+def _analysis_chunks(path: Path, itemsize: int, feature_dim: int) -> dict[str, int]:
+    """Chunks for analysis: one β, whole features, lat/lon a multiple of the inner chunk within a shard."""
+    import zarr
+
+    try:
+        arr = zarr.open_array(str(path / "embedding"), mode="r")
+        inner = arr.chunks
+        shard = arr.shards or inner
+    except Exception:  # not sharded, or an older layout: let xarray decide per dimension
+        return {"beta": 1, "feature": -1}
+    side, best = inner[1], inner[1]
+    while side <= shard[1] and side * side * feature_dim * itemsize <= TARGET_CHUNK_BYTES:
+        if shard[1] % side == 0:
+            best = side
+        side += inner[1]
+    return {"beta": 1, "lat": best, "lon": best, "feature": -1}
+
+
+def _open_zarr(path: Path, chunks: dict[str, int] | None) -> xr.Dataset:
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        # a cube still being written is not consolidated yet; reading it unconsolidated is fine
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
+        return xr.open_zarr(path, decode_coords="all", chunks=chunks)  # type: ignore[arg-type]
+
+
+def open_cube(path: str | Path, chunks: dict[str, int] | None = None) -> xr.Dataset:
+    """Open an embedding cube lazily (xarray + dask) with chunks suited to analysis.
+
+    The store's inner Zarr chunks are small (e.g. 32 × 32 cells) so that point reads are cheap;
+    for whole-map work they make too many dask tasks. By default each dask chunk holds one β, all
+    features and a square of cells that is a whole number of inner chunks inside one shard, of at
+    most :data:`TARGET_CHUNK_BYTES` (64 MiB; 128 × 128 cells for 1280 float16 features).
+
+    Args:
+        path: the cube (``.zarr`` directory written by ``embed-grid``).
+        chunks: dask chunks per dimension, overriding the default (e.g. ``{"lat": 512}``).
+
+    Returns:
+        The dataset, with ``embedding`` (beta, lat, lon, feature) as a dask array and the CRS
+        (EPSG:4326) readable by rioxarray (``ds.rio.crs``).
+
+    Raises:
+        ConfigError: the path does not exist or holds no ``embedding(beta, lat, lon, feature)``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"cube {path} does not exist; pass the .zarr store written by `range-dist embed-grid`")
+    try:
+        ds = _open_zarr(path, None)
+    except Exception as exc:
+        raise ConfigError(
+            f"cube {path} could not be opened as a Zarr store ({type(exc).__name__}: {exc}); pass the .zarr "
+            "store written by `range-dist embed-grid`"
+        ) from exc
+    if "embedding" not in ds or ds["embedding"].dims != ("beta", "lat", "lon", "feature"):
+        found = {name: ds[name].dims for name in ds.data_vars}
+        raise ConfigError(
+            f"cube {path} has no variable embedding(beta, lat, lon, feature) (found {found}); pass a cube "
+            "written by `range-dist embed-grid`"
+        )
+    emb = ds["embedding"]
+    default = _analysis_chunks(path, emb.dtype.itemsize, emb.sizes["feature"])
+    wanted = {**default, **(chunks or {})}
+    return _open_zarr(path, wanted)
+
+
+def _as_dataset(cube: str | Path | xr.Dataset) -> xr.Dataset:
+    return open_cube(cube) if isinstance(cube, (str, Path)) else cube
+
+
+def _beta_indices(ds: xr.Dataset, betas: float | Sequence[float] | None, tol: float = 1e-6) -> list[int]:
+    available = np.asarray(ds["beta"].values, dtype=np.float64)
+    if betas is None:
+        return list(range(len(available)))
+    wanted = [float(betas)] if isinstance(betas, (int, float)) else [float(b) for b in betas]
+    out = []
+    for beta in wanted:
+        hits = np.flatnonzero(np.abs(available - beta) <= tol)
+        if not len(hits):
+            raise ConfigError(
+                f"beta={beta} is not in the cube; it holds beta = {', '.join(f'{b:g}' for b in available)}. "
+                "Pick one of those (embed-grid --betas sets the levels of a cube)."
+            )
+        out.append(int(hits[0]))
+    return out
+
+
+def select_beta(cube: str | Path | xr.Dataset, beta: float) -> xr.DataArray:
+    """The embedding field at one β level.
+
+    Args:
+        cube: a cube path or an opened dataset (see :func:`open_cube`).
+        beta: a β level present in the cube (matched within 1e-6).
+
+    Returns:
+        Lazy DataArray (lat, lon, feature) in the cube's dtype, with the ``beta`` scalar coordinate.
+
+    Raises:
+        ConfigError: the cube has no such β (the available ones are listed).
+    """
+    ds = _as_dataset(cube)
+    (index,) = _beta_indices(ds, beta)
+    return ds["embedding"].isel(beta=index)
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    """Geometry of a cube's regular grid, in degrees.
+
+    Attributes:
+        lat0: first (northernmost) cell-centre latitude.
+        dlat: latitude step (positive; latitudes descend).
+        n_lat: number of rows.
+        lon0: first (westernmost) cell-centre longitude.
+        dlon: longitude step (positive).
+        n_lon: number of columns.
+    """
+
+    lat0: float
+    dlat: float
+    n_lat: int
+    lon0: float
+    dlon: float
+    n_lon: int
+
+    @property
+    def global_lon(self) -> bool:
+        """Whether the columns span the whole globe (then lon wraps at the antimeridian)."""
+        return abs(self.n_lon * self.dlon - 360.0) < 1e-6 * 360.0
+
+    @classmethod
+    def from_coords(cls, lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64], source: str) -> GridAxes:
+        """Check that the coordinates form a regular north-up grid and describe it.
+
+        Raises:
+            ConfigError: irregular spacing, lat not descending, lon not ascending, or a single
+                row/column (the step cannot be inferred).
+        """
+        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        if len(lat) < 2 or len(lon) < 2:
+            raise ConfigError(
+                f"{source}: the grid has {len(lat)} row(s) and {len(lon)} column(s); sampling needs at least 2 "
+                "of each to know the cell size. Use a cube with a larger --bbox."
+            )
+        dlat, dlon = np.diff(lat), np.diff(lon)
+        for name, steps, sign in (("lat", dlat, -1.0), ("lon", dlon, 1.0)):
+            if not (np.all(sign * steps > 0) and np.allclose(steps, steps[0], rtol=1e-6, atol=1e-9)):
+                order = "descending" if sign < 0 else "ascending"
+                raise ConfigError(f"{source}: {name} is not a regular {order} axis; expected a cube from embed-grid")
+        return cls(float(lat[0]), float(-dlat[0]), len(lat), float(lon[0]), float(dlon[0]), len(lon))
+
+    def fractional_index(self, lonlat: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], ...]:
+        """Fractional (row, column) of each point in cell-centre index space, float64 (N,) each.
+
+        On a globe-spanning grid the column is taken modulo ``n_lon`` into [0, n_lon).
+        """
+        rows = (self.lat0 - lonlat[:, 1]) / self.dlat
+        cols = (lonlat[:, 0] - self.lon0) / self.dlon
+        if self.global_lon:
+            cols = np.mod(cols, self.n_lon)
+        return rows, cols
+
+
+def _check_inside(axes: GridAxes, lonlat: npt.NDArray[np.float64], rows: npt.NDArray[np.float64],
+                  cols: npt.NDArray[np.float64], source: str) -> None:
+    """Points more than half a cell outside the grid (a bbox cube) are refused, the first one named."""
+    outside = (rows < -0.5 - 1e-9) | (rows > axes.n_lat - 0.5 + 1e-9)
+    if not axes.global_lon:
+        outside |= (cols < -0.5 - 1e-9) | (cols > axes.n_lon - 0.5 + 1e-9)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        west, east = axes.lon0 - axes.dlon / 2, axes.lon0 + (axes.n_lon - 0.5) * axes.dlon
+        south, north = axes.lat0 - (axes.n_lat - 0.5) * axes.dlat, axes.lat0 + axes.dlat / 2
+        raise CoordinateError(
+            f"{source}: point {i} (lon={lonlat[i, 0]}, lat={lonlat[i, 1]}) lies outside the cube, which covers "
+            f"lon [{west:g}, {east:g}], lat [{south:g}, {north:g}] ({int(outside.sum())} point(s) outside). "
+            "Drop those points or sample a cube whose --bbox covers them."
+        )
+
+
+def _corner_plan(
+    axes: GridAxes, rows: npt.NDArray[np.float64], cols: npt.NDArray[np.float64], method: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Cells and weights per point: (N, C) row and column indices and (N, C) weights summing to 1."""
+    if method == "nearest":
+        r = np.clip(np.floor(rows + 0.5), 0, axes.n_lat - 1).astype(np.int64)
+        c = np.floor(cols + 0.5).astype(np.int64)
+        c = np.mod(c, axes.n_lon) if axes.global_lon else np.clip(c, 0, axes.n_lon - 1)
+        return r[:, None], c[:, None], np.ones((len(r), 1))
+    # bilinear: clamp rows beyond the outermost centres (constant in lat there)
+    rr = np.clip(rows, 0.0, axes.n_lat - 1.0)
+    r0 = np.minimum(np.floor(rr), axes.n_lat - 2).astype(np.int64) if axes.n_lat > 1 else np.zeros(len(rr), np.int64)
+    wy = rr - r0
+    if axes.global_lon:
+        c0f = np.floor(cols)
+        wx = cols - c0f
+        c0 = np.mod(c0f.astype(np.int64), axes.n_lon)
+        c1 = np.mod(c0 + 1, axes.n_lon)  # the antimeridian: last column's neighbour is column 0
+    else:
+        cc = np.clip(cols, 0.0, axes.n_lon - 1.0)
+        c0 = np.minimum(np.floor(cc), axes.n_lon - 2).astype(np.int64)
+        wx = cc - c0
+        c1 = c0 + 1
+    r1 = r0 + 1
+    r_idx = np.stack([r0, r0, r1, r1], axis=1)
+    c_idx = np.stack([c0, c1, c0, c1], axis=1)
+    weights = np.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], axis=1)
+    return r_idx, c_idx, weights
+
+
+def _read_cells(emb: xr.DataArray, beta_idx: Sequence[int], r: npt.NDArray[np.int64],
+                c: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """Values of cells (r[k], c[k]) at the given β indices: (B, K, F) float64."""
+    import xarray as xr
+
+    picked = emb.isel(beta=list(beta_idx), lat=xr.DataArray(r, dims="cell"), lon=xr.DataArray(c, dims="cell"))
+    return np.asarray(picked.transpose("beta", "cell", "feature").values, dtype=np.float64)
+
+
+def sample_cube(
+    cube: str | Path | xr.Dataset,
+    lonlat: npt.ArrayLike,
+    *,
+    betas: float | Sequence[float] | None = None,
+    method: str = "nearest",
+) -> xr.DataArray:
+    """Embeddings of a cube at arbitrary points (nearest cell or bilinear interpolation).
+
+    Only the cells around the points are read, ``POINT_BLOCK`` points at a time. See the module
+    docstring for the treatment of the antimeridian, the poles and NaN (ocean) cells.
+
+    Args:
+        cube: a cube path or an opened dataset (see :func:`open_cube`).
+        lonlat: (N, 2) (lon, lat) degrees.
+        betas: one β, several, or None for all β levels of the cube.
+        method: ``nearest`` or ``bilinear``.
+
+    Returns:
+        DataArray (beta, point, feature) float32 with coordinates ``beta``, ``feature`` and
+        per-point ``lon`` / ``lat`` (the query points, not the cell centres).
+
+    Raises:
+        ConfigError: unknown method, a β not in the cube, or a cube that is not a regular grid.
+        CoordinateError: invalid points, or points outside a bbox cube (the first one is named).
+    """
+    import xarray as xr
+
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    ds = _as_dataset(cube)
+    source = str(ds.encoding.get("source", "cube"))
+    points = validate_lonlat(lonlat, source="points")
+    beta_idx = _beta_indices(ds, betas)
+    axes = GridAxes.from_coords(ds["lat"].values, ds["lon"].values, source)
+    rows, cols = axes.fractional_index(points)
+    _check_inside(axes, points, rows, cols, "points")
+    r_idx, c_idx, weights = _corner_plan(axes, rows, cols, method)
+    emb = ds["embedding"]
+    out = np.empty((len(beta_idx), len(points), emb.sizes["feature"]), dtype=np.float32)
+    for start in range(0, len(points), POINT_BLOCK):
+        block = slice(start, start + POINT_BLOCK)
+        r, c, w = r_idx[block], c_idx[block], weights[block]
+        flat = r.ravel() * axes.n_lon + c.ravel()
+        unique, inverse = np.unique(flat, return_inverse=True)
+        cells = _read_cells(emb, beta_idx, unique // axes.n_lon, unique % axes.n_lon)  # (B, U, F)
+        values = cells[:, inverse.reshape(r.shape)]  # (B, n, C, F)
+        valid = np.asarray(np.isfinite(values).all(axis=-1))  # (B, n, C): NaN cells are NaN throughout
+        wv = np.where(valid, w[None], 0.0)
+        total = wv.sum(axis=-1, keepdims=True)
+        has_data = total > 0
+        wn = wv / np.where(has_data, total, 1.0)  # weights of the valid corners, renormalised to sum 1
+        summed = np.einsum("bnc,bncf->bnf", wn, np.where(valid[..., None], values, 0.0))
+        summed[~has_data[..., 0]] = np.nan
+        out[:, block] = summed
+    beta_values = ds["beta"].values[beta_idx]
+    return xr.DataArray(
+        out,
+        dims=("beta", "point", "feature"),
+        coords={"beta": beta_values, "feature": ds["feature"].values, "lon": ("point", points[:, 0]),
+                "lat": ("point", points[:, 1])},
+        attrs={"method": method, "long_name": "RANGE geo-embedding sampled from a cube"},
+    )
+
+
+def to_numpy(samples: xr.DataArray) -> npt.NDArray[np.float32]:
+    """(B, N, F) float32 array of :func:`sample_cube`'s output."""
+    return np.asarray(samples.transpose("beta", "point", "feature").values, dtype=np.float32)
+
+
+def to_dataframe(samples: xr.DataArray) -> pd.DataFrame:
+    """One row per point and β: columns ``point``, ``lon``, ``lat``, ``beta``, ``f0`` … ``f{F-1}`` (float32)."""
+    import pandas as pd
+
+    values = to_numpy(samples)
+    b, n, f = values.shape
+    frame = pd.DataFrame(values.reshape(b * n, f), columns=[f"f{i}" for i in range(f)])
+    head = pd.DataFrame({
+        "point": np.tile(np.arange(n), b),
+        "lon": np.tile(samples["lon"].values, b),
+        "lat": np.tile(samples["lat"].values, b),
+        "beta": np.repeat(samples["beta"].values, n),
+    })
+    return pd.concat([head, frame], axis=1)
+
+
+def cube_info(ds: xr.Dataset) -> dict[str, Any]:
+    """Short description of a cube (shape, β, dtype, grid, sample/published assets)."""
+    emb = ds["embedding"]
+    attrs = ds.attrs
+    return {
+        "shape": dict(emb.sizes),
+        "betas": [float(b) for b in ds["beta"].values],
+        "dtype": str(emb.dtype),
+        "variant": attrs.get("range_dist:variant"),
+        "sample_assets": attrs.get("range_dist:sample_assets"),
+    }

@@ -1,0 +1,215 @@
+"""Append rows to a Zarr v3 retrieval database in batches, crash-safely (I/O edge for ``build-db``).
+
+The layout is :class:`~range_dist.database.store.RetrievalDatabase`'s (``locations``, ``keys``,
+``values`` and one (row,) array per provenance column), so a built database opens with
+``RetrievalDatabase.open`` and works with ``embed-points`` / ``embed-grid`` / ``export-db``.
+
+Commit protocol: a batch grows every array, writes its rows, and only then raises ``rows`` in
+the group attributes. ``rows`` is the truth: on reopen, arrays longer than ``rows`` (a run killed
+mid-batch) are cut back, so a rerun never sees half a batch. A ``failures`` subgroup holds the
+failure table (location id, reason, detail), rewritten at every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from range_dist.database.store import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, _jsonable
+from range_dist.errors import DatabaseError, StoreMismatchError
+
+#: Provenance columns of a built database and their numpy dtypes ("str" = variable-length string).
+PROVENANCE_COLUMNS: dict[str, str] = {
+    "location_id": "str",
+    "query_lon": "float64",
+    "query_lat": "float64",
+    "item_id": "str",
+    "datetime": "str",
+    "processing_baseline": "str",
+    "offset_applied": "int32",
+    "provider_offset_applied": "bool",
+    "scene_cloud_cover": "float32",
+    "cloud_fraction": "float32",
+    "nodata_fraction": "float32",
+    "chip_crs": "str",
+}
+FAILURE_COLUMNS: tuple[str, ...] = ("location_id", "reason", "detail")
+#: Settings that must match between the store and a resumed run.
+IDENTITY_KEYS: tuple[str, ...] = ("key_encoder", "value_encoder", "radiometry", "chip_size", "rgb_rendering",
+                                  "key_checkpoint_sha256", "value_checkpoint_sha256")
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Rows to append.
+
+    Attributes:
+        locations: (n, 2) float64 chip-centre (lon, lat).
+        keys: (n, K) float32. values: (n, D) float32.
+        provenance: column -> (n,) array for every :data:`PROVENANCE_COLUMNS` entry.
+    """
+
+    locations: npt.NDArray[np.float64]
+    keys: npt.NDArray[np.float32]
+    values: npt.NDArray[np.float32]
+    provenance: Mapping[str, npt.NDArray[Any]]
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+
+def _create(group: Any, name: str, shape: tuple[int, ...], dtype: Any, chunk_rows: int, dims: tuple[str, ...]) -> None:
+    chunks = (chunk_rows, *shape[1:])
+    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=dims)
+
+
+class DatabaseAppender:
+    """A Zarr retrieval database being built: open/create, append batches, record failures."""
+
+    def __init__(self, path: Path, group: Any) -> None:
+        self.path = path
+        self.group = group
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def open_or_create(cls, path: str | Path, key_dim: int, value_dim: int, attrs: Mapping[str, Any],
+                       overwrite: bool = False, chunk_rows: int = 1024) -> DatabaseAppender:
+        """Open ``path`` to resume (checking identity settings) or create an empty database.
+
+        Raises:
+            StoreMismatchError: the store was built with other encoders / radiometry / chip size.
+            DatabaseError: the path exists and is not a range-dist database.
+        """
+        import zarr
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            group: Any = zarr.open_group(str(path), mode="r+")
+            meta = dict(group.attrs.get(ATTRS_KEY, {}))
+            if meta.get("format") != FORMAT_NAME:
+                raise DatabaseError(f"{path} exists and is not a range-dist database; choose another --out")
+            diffs = [f"{k}: store {meta.get(k)!r} vs run {attrs.get(k)!r}" for k in IDENTITY_KEYS
+                     if k in attrs and meta.get(k) != _jsonable(attrs.get(k))]
+            if diffs:
+                raise StoreMismatchError(f"{path} was built with other settings ({'; '.join(diffs)}); use the same "
+                                         "settings to resume, another --out, or --overwrite")
+            appender = cls(path, group)
+            appender._truncate(int(meta.get("rows", 0)))
+            return appender
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        _create(group, "locations", (0, 2), "float64", chunk_rows, ("row", "lonlat"))
+        _create(group, "keys", (0, key_dim), "float32", chunk_rows, ("row", "key_feature"))
+        _create(group, "values", (0, value_dim), "float32", chunk_rows, ("row", "value_feature"))
+        for name, dtype in PROVENANCE_COLUMNS.items():
+            _create(group, name, (0,), str if dtype == "str" else dtype, chunk_rows, ("row",))
+        failures = group.create_group("failures")
+        for name in FAILURE_COLUMNS:
+            _create(failures, name, (0,), str, chunk_rows, ("failure",))
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **_jsonable(dict(attrs)), "rows": 0,
+                "key_dim": key_dim, "value_dim": value_dim, "provenance_columns": sorted(PROVENANCE_COLUMNS),
+                "failures": 0}
+        group.attrs[ATTRS_KEY] = meta
+        return cls(path, group)
+
+    def _truncate(self, rows: int) -> None:
+        for name in ("locations", "keys", "values", *PROVENANCE_COLUMNS):
+            arr = self.group[name]
+            if arr.shape[0] != rows:
+                arr.resize((rows, *arr.shape[1:]))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.group.attrs[ATTRS_KEY])
+
+    @property
+    def rows(self) -> int:
+        return int(self.meta["rows"])
+
+    def done_ids(self) -> set[str]:
+        """Location ids that already have a committed row."""
+        rows = self.rows
+        return {str(v) for v in self.group["location_id"][:rows]} if rows else set()
+
+    def failures(self) -> dict[str, tuple[str, str]]:
+        """location id -> (reason, detail) of the recorded failures."""
+        f = self.group["failures"]
+        n = f["location_id"].shape[0]
+        if not n:
+            return {}
+        ids, reasons, details = (f[c][:n] for c in FAILURE_COLUMNS)
+        return {str(i): (str(r), str(d)) for i, r, d in zip(ids, reasons, details)}
+
+    # ------------------------------------------------------------------ writes
+    def append(self, batch: RowBatch) -> int:
+        """Append a batch (all arrays grown, written, then ``rows`` committed). Returns the new row count.
+
+        Raises:
+            DatabaseError: a batch with mis-shaped arrays or a missing provenance column.
+        """
+        n = len(batch)
+        if n == 0:
+            return self.rows
+        start = self.rows
+        stop = start + n
+        missing = [c for c in PROVENANCE_COLUMNS if c not in batch.provenance]
+        if missing:
+            raise DatabaseError(f"{self.path}: batch lacks provenance column(s) {missing}")
+        arrays: dict[str, npt.NDArray[Any]] = {"locations": batch.locations, "keys": batch.keys, "values": batch.values}
+        for name, dtype in PROVENANCE_COLUMNS.items():
+            col = np.asarray(batch.provenance[name])
+            arrays[name] = col.astype(str) if dtype == "str" else col.astype(dtype)
+        for name, data in arrays.items():
+            arr = self.group[name]
+            if data.shape[0] != n or tuple(data.shape[1:]) != tuple(arr.shape[1:]):
+                raise DatabaseError(f"{self.path}: batch array {name!r} has shape {data.shape}, expected "
+                                    f"({n}, *{tuple(arr.shape[1:])})")
+            arr.resize((stop, *arr.shape[1:]))
+            arr[start:stop] = data
+        self._update_meta(rows=stop)
+        return stop
+
+    def set_failures(self, failures: Mapping[str, tuple[str, str]]) -> None:
+        """Replace the failure table (location id -> (reason, detail))."""
+        f = self.group["failures"]
+        ids = sorted(failures)
+        columns = {"location_id": ids, "reason": [failures[i][0] for i in ids],
+                   "detail": [failures[i][1][:500] for i in ids]}
+        for name, values in columns.items():
+            arr = f[name]
+            arr.resize((len(ids),))
+            if ids:
+                arr[:] = np.asarray(values, dtype=str)
+        self._update_meta(failures=len(ids))
+
+    def _update_meta(self, **updates: Any) -> None:
+        meta = self.meta
+        meta.update(_jsonable(updates))
+        self.group.attrs[ATTRS_KEY] = meta
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        """Record the run summary (counts, timings) in the attributes."""
+        self._update_meta(build_report=dict(summary))
+
+
+def failure_table(path: str | Path) -> list[tuple[str, str, str]]:
+    """(location id, reason, detail) rows of a built database's failure table."""
+    import zarr
+
+    group: Any = zarr.open_group(str(path), mode="r")
+    if "failures" not in group:
+        return []
+    f = group["failures"]
+    n = f["location_id"].shape[0]
+    return [(str(a), str(b), str(c)) for a, b, c in zip(*(f[c][:n] for c in FAILURE_COLUMNS))] if n else []
+
+
