@@ -200,6 +200,20 @@ def _build_db(args: argparse.Namespace) -> int:
     return 0 if report.rows_written + report.skipped_done > 0 or not plan.todo else 1
 
 
+# ---------------------------------------------------------------------------- demo
+@_command("demo", "the whole chain offline on a generated sample world: STAC build, Ray grid, maps, probes")
+def _demo(args: argparse.Namespace) -> int:
+    from range_dist.demo.run import DemoSettings, run_demo
+
+    settings = DemoSettings(out=args.out, per_scene=args.per_scene, resolution=args.resolution,
+                            satmae_depth=args.satmae_depth, probe_size=args.probe_size,
+                            keep_serving=args.keep_serving)
+    result = run_demo(settings)
+    if not args.keep_serving:
+        print(result.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -311,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N locations")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace instead of resuming")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+    p = add("demo")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="keep the local COG and STAC servers up after the run, until Ctrl-C")
+    p.add_argument("--per-scene", type=int, default=3, help="database locations per scene, 8 scenes (default 3)")
+    p.add_argument("--resolution", type=float, default=5.0, help="grid cell size in degrees (default 5)")
+    p.add_argument("--satmae-depth", type=int, default=24,
+                   help="SatMAE blocks: 24 = the ViT-L/16 architecture (default), fewer = a labelled reduced sample")
+    p.add_argument("--probe-size", type=int, default=1000, help="points per probe task (default 1000)")
 
     from range_dist.analysis.cli import add_parsers as add_analysis_parsers
 

@@ -143,13 +143,15 @@ class RangeEncoder:
         lonlat: npt.ArrayLike,
         betas: Sequence[float] = (0.5,),
         on_progress: Callable[[int], None] | None = None,
-    ) -> npt.NDArray[np.float32]:
+        dtype: npt.DTypeLike = np.float32,
+    ) -> npt.NDArray[np.floating]:
         """RANGE / RANGE+ embeddings of locations at each β level.
 
         Args:
             lonlat: (N, 2) (lon, lat) degrees.
             betas: β levels in [0, 1] (RANGE+: 0 = spatial head only, 1 = semantic only).
             on_progress: called with the number of points finished after each block.
+            dtype: output dtype (float32, or float16 for cubes: cast per block on the device).
 
         Returns:
             (B, N, D + K) float32: ``[H_β | q̂]`` for each β (D = 1024, K = 256 for published assets).
@@ -161,14 +163,15 @@ class RangeEncoder:
         points = validate_lonlat(lonlat)
         betas = tuple(float(b) for b in betas)
         settings = self.settings(betas)
-        out = np.empty((len(betas), len(points), self.output_dim), dtype=np.float32)
+        out = np.empty((len(betas), len(points), self.output_dim), dtype=dtype)
+        torch_dtype = torch.from_numpy(out[:0]).dtype
         for start in range(0, len(points), LOCATION_BATCH):
             q_hat, xyz = self.query_features(points[start : start + LOCATION_BATCH])
             for qs in range(0, q_hat.shape[0], settings.query_chunk):
                 block = slice(qs, qs + settings.query_chunk)
                 stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)
                 emb = blend(stats, q_hat[block], betas, self.variant)
-                out[:, start + qs : start + qs + emb.shape[1]] = emb.cpu().numpy()
+                out[:, start + qs : start + qs + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
                 if on_progress is not None:
                     on_progress(int(emb.shape[1]))
         return out

@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
-# Fresh machine -> a RANGE+ cube: set up ./.venv, then run the main job on embedded defaults
-# (local Ray in-process, local files). Uses the published assets if `range-dist fetch-assets` has
-# run, else labelled untrained sample assets. Extra arguments go to `range-dist embed-grid`.
+# Fresh machine -> the main job: set up ./.venv, then
+#  * with the published assets cached (`range-dist fetch-assets` has run): a global 1° RANGE+ cube on a
+#    local Ray, `range-dist embed-grid --config workflows/global_1deg.yaml` (extra arguments go to it);
+#  * otherwise: `range-dist demo`, the whole chain offline on a generated sample world (scenes, local STAC
+#    API, database build, Ray grid, maps, probes) with labelled random-weight sample assets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash workflows/setup_env.sh
 . .venv/bin/activate
-range-dist embed-grid --config workflows/global_1deg.yaml "$@"
-echo
-echo "Open it:  python -c \"import xarray as xr; print(xr.open_zarr('runs/global_1deg.zarr', decode_coords='all'))\""
+# the same check as range_dist.grid.job.resolve_assets: both files in the huggingface_hub cache, no network
+if python - <<'PY'
+import sys
+from huggingface_hub import hf_hub_download
+from range_dist.assets import DATABASE_FILES, DATABASE_REPO, SATCLIP_FILE, SATCLIP_REPO, default_cache_dir
+
+cache = default_cache_dir()
+try:
+    hf_hub_download(SATCLIP_REPO, SATCLIP_FILE, cache_dir=cache, local_files_only=True)
+    hf_hub_download(DATABASE_REPO, DATABASE_FILES["med"], repo_type="dataset", cache_dir=cache, local_files_only=True)
+except Exception:
+    sys.exit(1)
+PY
+then
+    range-dist embed-grid --config workflows/global_1deg.yaml "$@"
+    echo
+    echo "Open it:  python -c \"import xarray as xr; print(xr.open_zarr('runs/global_1deg.zarr', decode_coords='all'))\""
+else
+    echo "published assets not cached (range-dist fetch-assets); running the offline demo on a sample world"
+    range-dist demo --out runs/demo
+fi

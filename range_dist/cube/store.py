@@ -132,6 +132,7 @@ def open_or_create_cube(
             is not a range-dist cube, and ``overwrite`` is False.
     """
     import zarr
+    from zarr.codecs import BloscCodec
 
     signature = _jsonable(signature)
     if path.exists():
@@ -162,6 +163,8 @@ def open_or_create_cube(
             "chunks": chunk,
             "shards": shard,
             "grid_mapping": "spatial_ref",  # keep rioxarray's CRS link (encoding replaces attrs)
+            # Embeddings barely compress (~1.1×); bit-shuffled LZ4 gets that at ~1.4× zstd's speed.
+            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),),
             "_FillValue": np.nan,
         }
     }

@@ -19,10 +19,10 @@ def run_tiles_locally(plan: GridPlan, tiles: Sequence[TileKey]) -> Iterator[Tile
     if cfg.db_shards == 1:
         encoder = plan.payload.build("cpu")
         for tile in tiles:
-            yield embed_and_write_tile(encoder, grid, tile, cfg.betas, cfg.land_only, cfg.out)
+            yield embed_and_write_tile(encoder, grid, tile, cfg.betas, cfg.land_only, cfg.out, cfg.dtype)
         return
     bounds = plan.payload.database.shard_bounds(cfg.db_shards)
     shards = [plan.payload.build("cpu", b) for b in bounds]
     for tile in tiles:
         parts = [tile_partials(enc, grid, tile, cfg.betas, cfg.land_only) for enc in shards]
-        yield merge_and_write_tile(parts, grid, tile, cfg.betas, cfg.variant, cfg.land_only, cfg.out)
+        yield merge_and_write_tile(parts, grid, tile, cfg.betas, cfg.variant, cfg.land_only, cfg.out, cfg.dtype)

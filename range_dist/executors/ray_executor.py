@@ -48,10 +48,12 @@ def ensure_ray(address: str | None) -> bool:
         return False
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A private local instance needs no token auth; the driver and the workers it starts must
+        # agree on it, so it is set in this process's environment before Ray starts.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": always a new instance; a bare init() would try to join any cluster that
         # `ray start` once recorded on this machine, even a dead one.
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     return True
@@ -83,8 +85,8 @@ class TileWorker:
             os.kill(os.getpid(), signal.SIGKILL)  # dies after writing, before answering
 
     def embed_tile(self, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool,
-                   store: str) -> TileResult:
-        result = embed_and_write_tile(self.encoder, grid, tile, betas, land_only, Path(store))
+                   store: str, dtype: str) -> TileResult:
+        result = embed_and_write_tile(self.encoder, grid, tile, betas, land_only, Path(store), dtype)
         self._after_tile()
         return result
 
@@ -96,8 +98,8 @@ class TileWorker:
 
 @ray.remote(num_cpus=0, max_retries=3)
 def _merge_and_write(grid: GridSpec, tile: TileKey, betas: Sequence[float], variant: str, land_only: bool,
-                     store: str, *parts: Any) -> TileResult:
-    return merge_and_write_tile(parts, grid, tile, betas, variant, land_only, Path(store))
+                     store: str, dtype: str, *parts: Any) -> TileResult:
+    return merge_and_write_tile(parts, grid, tile, betas, variant, land_only, Path(store), dtype)
 
 
 def _resources(plan: GridPlan) -> tuple[int, float, float, str]:
@@ -136,7 +138,9 @@ class _Replica:
         cfg = plan.config
         bounds = plan.payload.database.shard_bounds(cfg.db_shards) if cfg.db_shards > 1 else [None]
         self.actors = [
-            TileWorker.options(num_cpus=cpus, num_gpus=gpus).remote(  # type: ignore[attr-defined]
+            # Two calls at a time per actor: one tile's Zarr write (compression, in C, GIL released)
+            # overlaps the next tile's compute.
+            TileWorker.options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2).remote(  # type: ignore[attr-defined]
                 payload_ref, b, device, max(1, int(cpus)), cfg.extra.get("kill_after_tiles"))
             for b in bounds
         ]
@@ -147,9 +151,9 @@ class _Replica:
         grid, store = plan.layout.grid, str(cfg.out)
         self.in_flight += 1
         if len(self.actors) == 1:
-            return self.actors[0].embed_tile.remote(grid, tile, cfg.betas, cfg.land_only, store)
+            return self.actors[0].embed_tile.remote(grid, tile, cfg.betas, cfg.land_only, store, cfg.dtype)
         parts = [a.partials.remote(grid, tile, cfg.betas, cfg.land_only) for a in self.actors]
-        return _merge_and_write.remote(grid, tile, cfg.betas, cfg.variant, cfg.land_only, store, *parts)
+        return _merge_and_write.remote(grid, tile, cfg.betas, cfg.variant, cfg.land_only, store, cfg.dtype, *parts)
 
     def kill(self) -> None:
         for actor in self.actors:

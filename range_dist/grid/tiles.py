@@ -79,23 +79,27 @@ def tile_points(
     return lonlat, mask
 
 
-def _scatter(grid_tile: TileKey, mask: npt.NDArray[np.bool_], emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def _scatter(grid_tile: TileKey, mask: npt.NDArray[np.bool_], emb: npt.NDArray[np.floating]) -> npt.NDArray[Any]:
+    """(B, n_masked, F) -> (B, h, w, F) with NaN where the mask is False (no copy when all are True)."""
     h, w = grid_tile.shape
-    block = np.full((emb.shape[0], h * w, emb.shape[2]), np.nan, dtype=np.float32)
+    if mask.all():
+        return emb.reshape(emb.shape[0], h, w, emb.shape[2])
+    block = np.full((emb.shape[0], h * w, emb.shape[2]), np.nan, dtype=emb.dtype)
     block[:, mask] = emb
     return block.reshape(emb.shape[0], h, w, emb.shape[2])
 
 
 def embed_and_write_tile(
-    encoder: RangeEncoder, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool, store: Path
+    encoder: RangeEncoder, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool, store: Path,
+    dtype: str = "float32",
 ) -> TileResult:
-    """Embed one tile at every β and write it as one shard (idempotent)."""
+    """Embed one tile at every β and write it as one shard (idempotent), in the cube's ``dtype``."""
     lonlat, mask = tile_points(grid, tile, land_only)
     if not mask.any():
         write_tile(store, tile, None, TILE_SKIPPED)
         return TileResult(tile, TILE_SKIPPED, 0, 0.0, 0)
     start = time.perf_counter()
-    emb = encoder.encode(lonlat[mask], betas)
+    emb = encoder.encode(lonlat[mask], betas, dtype=dtype)
     kernel = time.perf_counter() - start
     written = write_tile(store, tile, _scatter(tile, mask, emb), TILE_COMPUTED)
     return TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written)
@@ -115,7 +119,7 @@ def tile_partials(
 
 def merge_and_write_tile(
     parts: Sequence[dict[str, Any] | None], grid: GridSpec, tile: TileKey, betas: Sequence[float], variant: str,
-    land_only: bool, store: Path,
+    land_only: bool, store: Path, dtype: str = "float32",
 ) -> TileResult:
     """Merge the shards' partials of a tile exactly, blend the β levels and write the shard."""
     if parts[0] is None:
@@ -123,7 +127,7 @@ def merge_and_write_tile(
         return TileResult(tile, TILE_SKIPPED, 0, 0.0, 0)
     present = [p for p in parts if p is not None]
     merged = merge_partials([Partials.from_numpy(p) for p in present])
-    emb = blend(merged, torch.from_numpy(present[0]["q_hat"]), betas, variant).numpy()
+    emb = blend(merged, torch.from_numpy(present[0]["q_hat"]), betas, variant).to(getattr(torch, dtype)).numpy()
     _, mask = tile_points(grid, tile, land_only)
     written = write_tile(store, tile, _scatter(tile, mask, emb), TILE_COMPUTED)
     kernel = max(float(p["seconds"]) for p in present)

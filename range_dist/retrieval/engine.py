@@ -120,7 +120,7 @@ class DeviceDatabase:
     ) -> None:
         from range_dist.coords import lonlat_to_xyz
 
-        keys64 = torch.as_tensor(np.asarray(keys), dtype=torch.float64)
+        keys64 = torch.from_numpy(np.array(keys, dtype=np.float64))  # a writable float64 copy
         self.keys = torch.nn.functional.normalize(keys64, dim=1).to(device=device, dtype=dtype).contiguous()
         xyz = lonlat_to_xyz(np.asarray(locations, dtype=np.float64))
         self.xyz = torch.as_tensor(xyz).to(device=device, dtype=dtype)
@@ -290,7 +290,7 @@ def blend(partials: Partials, q_hat: torch.Tensor, betas: Sequence[float], varia
             out[b, :, :d] = by_head["sem"]
         elif beta == 0.0:
             out[b, :, :d] = by_head["geo"]
-        else:
-            torch.add(by_head["geo"] * (1.0 - beta), by_head["sem"], alpha=beta, out=out[b, :, :d])
+        else:  # (1-β)·H_geo + β·H_sem in one fused pass
+            torch.lerp(by_head["geo"], by_head["sem"], beta, out=out[b, :, :d])
         out[b, :, d:] = q_hat
     return out
