@@ -18,12 +18,15 @@ location encoder of random weights (L=10, capacity 256):
    ``[H | q̂]``. It is timed on a subset of the points and scaled linearly to all points (the output
    says so); its results are compared with the engine's (max abs difference, expected <~1e-5), and
    both are compared with a float64 evaluation of the same formula on a few points.
-5. Memory: peak resident set size (``ru_maxrss``) after setup, after the engine timings and after the
-   naive reference, and the engine's working-buffer bytes per query block.
+5. Memory: peak resident set size (``ru_maxrss``) after setup, after the timings (engine and naive)
+   and at the end (float64 check), and the engine's working-buffer bytes per query block.
 
-Timings use ``time.perf_counter`` after a warm-up; repeated timings are interleaved and the best is
-kept (this machine may be shared). ``--sweep`` additionally times the 3-β retrieval over a grid of
-query / database chunk sizes on a subset of points.
+Timings use ``time.perf_counter`` after a warm-up. The timed items (matmul rate, retrieval 3 β,
+retrieval 1 β, ``encode``, naive) are repeated ``--reps`` times, interleaved, and timed per query
+block; the rates use the sum over blocks of each block's best time, which is robust to other
+processes' busy spells on a shared machine (the share of the CPUs they took is measured from
+/proc/stat and printed). ``--sweep`` additionally times the 3-β retrieval over a grid of query /
+database chunk sizes on a subset of points.
 
 Usage:
     python benchmarks/retrieval.py [--rows 100000 --points 5000 --betas 0,0.5,1 --threads N]
