@@ -7,7 +7,6 @@ exit code 2 (no traceback); other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -353,10 +352,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RangeDistError as exc:
         print(f"range-dist {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from range_dist.errors import StoreMismatchError
 from range_dist.grid.spec import GridSpec, TileKey, tile_counts
+from range_dist.jsonable import to_jsonable
 
 TILE_MISSING, TILE_COMPUTED, TILE_SKIPPED = 0, 1, 2
 SIGNATURE_KEY = "range_dist:signature"
@@ -95,18 +96,6 @@ def _template(layout: CubeLayout, attrs: dict[str, Any]) -> Any:
     return ds
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _signature_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: store has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -134,7 +123,7 @@ def open_or_create_cube(
     import zarr
     from zarr.codecs import BloscCodec
 
-    signature = _jsonable(signature)
+    signature = to_jsonable(signature)
     if path.exists():
         existing = _read_signature(path)
         if existing == signature:
@@ -151,7 +140,7 @@ def open_or_create_cube(
                 "settings to resume, or pass --overwrite to replace it."
             )
         shutil.rmtree(path)
-    ds = _template(layout, {**_jsonable(attrs), SIGNATURE_KEY: signature})
+    ds = _template(layout, {**to_jsonable(attrs), SIGNATURE_KEY: signature})
     b, _, _, f = layout.shape
     c, t = layout.chunk_size, layout.tile_size
     n_lat, n_lon = layout.grid.shape
@@ -221,7 +210,7 @@ def finalize_cube(path: Path, report: dict[str, Any]) -> None:
     import zarr
 
     group = zarr.open_group(str(path), mode="r+")
-    group.attrs["range_dist:run_report"] = _jsonable(report)
+    group.attrs["range_dist:run_report"] = to_jsonable(report)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec" (xarray reads it)
         zarr.consolidate_metadata(str(path))

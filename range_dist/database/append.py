@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.database.store import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, _jsonable
+from range_dist.database.store import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION
 from range_dist.errors import DatabaseError, StoreMismatchError
+from range_dist.jsonable import to_jsonable
 
 #: Provenance columns of a built database and their numpy dtypes ("str" = variable-length string).
 PROVENANCE_COLUMNS: dict[str, str] = {
@@ -94,7 +95,7 @@ class DatabaseAppender:
             if meta.get("format") != FORMAT_NAME:
                 raise DatabaseError(f"{path} exists and is not a range-dist database; choose another --out")
             diffs = [f"{k}: store {meta.get(k)!r} vs run {attrs.get(k)!r}" for k in IDENTITY_KEYS
-                     if k in attrs and meta.get(k) != _jsonable(attrs.get(k))]
+                     if k in attrs and meta.get(k) != to_jsonable(attrs.get(k))]
             if diffs:
                 raise StoreMismatchError(f"{path} was built with other settings ({'; '.join(diffs)}); use the same "
                                          "settings to resume, another --out, or --overwrite")
@@ -114,7 +115,7 @@ class DatabaseAppender:
         failures = group.create_group("failures")
         for name in FAILURE_COLUMNS:
             _create(failures, name, (0,), str, chunk_rows, ("failure",))
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **_jsonable(dict(attrs)), "rows": 0,
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **to_jsonable(dict(attrs)), "rows": 0,
                 "key_dim": key_dim, "value_dim": value_dim, "provenance_columns": sorted(PROVENANCE_COLUMNS),
                 "failures": 0}
         group.attrs[ATTRS_KEY] = meta
@@ -193,7 +194,7 @@ class DatabaseAppender:
 
     def _update_meta(self, **updates: Any) -> None:
         meta = self.meta
-        meta.update(_jsonable(updates))
+        meta.update(to_jsonable(updates))
         self.group.attrs[ATTRS_KEY] = meta
 
     def finish(self, summary: Mapping[str, Any]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from range_dist.errors import DatabaseError
+from range_dist.jsonable import to_jsonable
 
 FORMAT_NAME = "range-dist-retrieval-database"
 FORMAT_VERSION = 1
@@ -278,7 +278,7 @@ class RetrievalDatabase:
             dtype: Any = str if col.dtype.kind in "UOS" else col.dtype
             out = group.create_array(name, shape=col.shape, dtype=dtype, chunks=(chunk,), dimension_names=("row",))
             out[...] = col.astype(str) if dtype is str else col
-        group.attrs[ATTRS_KEY] = _jsonable(self.describe())
+        group.attrs[ATTRS_KEY] = to_jsonable(self.describe())
         # Write to a side directory and swap in, so a failure never leaves a half-written database.
         if path.exists():
             shutil.rmtree(path)
@@ -297,13 +297,3 @@ class RetrievalDatabase:
         np.savez(tmp, **arrays)
         tmp.replace(path)
         return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
