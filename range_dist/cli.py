@@ -123,6 +123,13 @@ def _db_info(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- embedding
+def _add_mode_arguments(p: argparse.ArgumentParser, default_mode: str | None) -> None:
+    p.add_argument("--mode", choices=["exact", "fast"], default=default_mode,
+                   help="retrieval: exact (default), or fast = approximations validated to --tolerance")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="fast mode: largest relative error per point, ||fast - exact|| / ||exact|| (e.g. 1e-3)")
+
+
 @_command("embed-points", "embed the points of a CSV/Parquet file with RANGE / RANGE+")
 def _embed_points(args: argparse.Namespace) -> int:
     from range_dist import RangeEncoder, RetrievalDatabase, __version__, load_satclip_location_encoder
@@ -136,13 +143,23 @@ def _embed_points(args: argparse.Namespace) -> int:
         raise ConfigError(f"output {out} already exists; pass --overwrite to replace it")
     location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics)
     db = RetrievalDatabase.open(args.db)
-    encoder = RangeEncoder(location, db, variant=args.variant, device=args.device)
+    encoder = RangeEncoder(location, db, variant=args.variant, device=args.device, mode=args.mode,
+                           tolerance=args.tolerance)
+    retrieval: dict[str, object] = {"mode": "exact"}
+    if args.mode == "fast":
+        start = time.perf_counter()
+        plan = encoder.plan_fast(points, betas)
+        retrieval = plan.describe()
+        print(f"fast mode: measured error {plan.measured_error:.2e} <= tolerance {plan.tolerance:g} on "
+              f"{plan.validation_points} of the points (value rank {plan.value_rank}, interpolated "
+              f"{plan.spacing or 'none'}; planned in {time.perf_counter() - start:.1f} s)")
     progress = Progress(total=len(points), unit="points", label="embed-points")
     start = time.perf_counter()
     embeddings = encoder.encode(points, betas, on_progress=lambda n: progress.update(n))
     wall = time.perf_counter() - start
     attrs = {
         "range_dist_version": __version__,
+        "retrieval": retrieval,
         "variant": args.variant,
         "betas": list(betas),
         "satclip": str(args.satclip),
@@ -261,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--harmonics", choices=["published", "exact", "closed-form"], default=None,
                    help="how to compute spherical harmonics (default: as the checkpoint was trained)")
+    _add_mode_arguments(p, "exact")
     p.add_argument("--overwrite", action="store_true")
 
     p = add("embed-grid")
@@ -287,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int, default=None, help="tiles queued per replica (default 2)")
     p.add_argument("--memory-budget-mb", type=float, default=None, help="retrieval working memory per actor")
     p.add_argument("--executor", choices=["ray", "local"], default=None, help="default ray; local = no Ray")
+    _add_mode_arguments(p, None)
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing store made with other settings")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")

@@ -16,6 +16,7 @@ import torch
 from range_dist.coords import lonlat_to_xyz, validate_lonlat
 from range_dist.database.store import RetrievalDatabase
 from range_dist.errors import ConfigError
+from range_dist.fast_mode import VALIDATION_POINTS, FastRetriever, plan_fast
 from range_dist.retrieval.engine import (
     DeviceDatabase,
     Partials,
@@ -24,6 +25,7 @@ from range_dist.retrieval.engine import (
     merge_partials,
     retrieve_partials,
 )
+from range_dist.retrieval.plan import FastPlan
 
 #: Locations encoded per SatCLIP call: the published harmonics cost a fixed ~14k small torch ops
 #: per call, so they are evaluated on large batches and the retrieval then runs in smaller blocks.
@@ -68,6 +70,10 @@ class RangeEncoder:
         tau_geo: spatial temperature (RANGE+); default the published 40.
         db_chunk: database rows per block.
         memory_budget_mb: bound on the per-block working memory (score block + accumulators).
+        mode: ``exact`` (default) or ``fast`` (approximations validated to ``tolerance``; see
+            :mod:`range_dist.fast_mode`). A fast encoder plans on the points of its first
+            :meth:`encode` call unless :meth:`plan_fast` or :meth:`use_plan` is called first.
+        tolerance: the fast mode's bound on the relative error per point (e.g. 1e-3).
 
     Example:
         >>> enc = RangeEncoder(load_satclip_location_encoder("satclip.ckpt"), RetrievalDatabase.open("db.zarr"))
@@ -85,7 +91,16 @@ class RangeEncoder:
         tau_geo: float | None = None,
         db_chunk: int = 4096,
         memory_budget_mb: float = 256.0,
+        mode: str = "exact",
+        tolerance: float | None = None,
     ) -> None:
+        if mode not in ("exact", "fast"):
+            raise ConfigError(f"mode {mode!r} is unknown; use 'exact' or 'fast'")
+        if mode == "fast" and tolerance is None:
+            raise ConfigError("mode 'fast' needs a tolerance (relative error per point), e.g. --tolerance 1e-3")
+        self.mode, self.tolerance = mode, tolerance
+        self.fast: FastRetriever | None = None
+        self.fast_betas: tuple[float, ...] | None = None
         self.device = resolve_device(device)
         embed_dim = int(getattr(location_encoder, "embed_dim", database.key_dim))
         database.check_compatible(embed_dim)
@@ -97,6 +112,26 @@ class RangeEncoder:
         self.db = DeviceDatabase(database.keys, database.locations, database.values, device=self.device)
         self.db_chunk = int(db_chunk)
         self.memory_budget_bytes = int(memory_budget_mb * 2**20)
+
+    def plan_fast(self, lonlat: npt.ArrayLike, betas: Sequence[float], tolerance: float | None = None,
+                  validation_points: int = VALIDATION_POINTS) -> FastPlan:
+        """Choose and validate fast-mode approximations on these points, and use them from now on.
+
+        Raises:
+            ToleranceError: the tolerance cannot be met (the encoder stays as it was).
+        """
+        tol = self.tolerance if tolerance is None else tolerance
+        if tol is None:
+            raise ConfigError("plan_fast needs a tolerance (relative error per point), e.g. 1e-3")
+        plan = plan_fast(self, lonlat, betas, tol, validation_points)
+        self.use_plan(plan, betas)
+        return plan
+
+    def use_plan(self, plan: FastPlan, betas: Sequence[float]) -> None:
+        """Embed with an already validated plan (e.g. planned on the driver of a grid run)."""
+        self.mode, self.tolerance = "fast", plan.tolerance
+        self.fast = FastRetriever(self, plan)
+        self.fast_betas = tuple(float(b) for b in betas)
 
     @property
     def output_dim(self) -> int:
@@ -126,6 +161,8 @@ class RangeEncoder:
         Returns:
             (Partials on CPU for all N locations, q̂ (N, K) float32 CPU tensor).
         """
+        if self.mode != "exact":
+            raise ConfigError("database shards merge exact partial statistics: use mode 'exact' with db_shards > 1")
         points = validate_lonlat(lonlat)
         settings = self.settings(betas)
         parts, q_hats = [], []
@@ -163,10 +200,19 @@ class RangeEncoder:
         points = validate_lonlat(lonlat)
         betas = tuple(float(b) for b in betas)
         settings = self.settings(betas)
+        if self.mode == "fast" and (self.fast is None or self.fast_betas != betas):
+            self.plan_fast(points, betas)  # validated on this call's own points
         out = np.empty((len(betas), len(points), self.output_dim), dtype=dtype)
         torch_dtype = torch.from_numpy(out[:0]).dtype
         for start in range(0, len(points), LOCATION_BATCH):
-            q_hat, xyz = self.query_features(points[start : start + LOCATION_BATCH])
+            batch = points[start : start + LOCATION_BATCH]
+            q_hat, xyz = self.query_features(batch)
+            if self.fast is not None:  # interpolation works on the whole batch (its lattice nodes are shared)
+                emb = self.fast.embed(batch, q_hat, xyz, betas, settings)
+                out[:, start : start + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
+                if on_progress is not None:
+                    on_progress(int(emb.shape[1]))
+                continue
             for qs in range(0, q_hat.shape[0], settings.query_chunk):
                 block = slice(qs, qs + settings.query_chunk)
                 stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)

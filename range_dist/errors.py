@@ -15,6 +15,10 @@ class ConfigError(RangeDistError, ValueError):
     """A configuration value or command-line argument is invalid."""
 
 
+class ToleranceError(ConfigError):
+    """The fast retrieval mode cannot meet the requested tolerance on the run's points."""
+
+
 class CoordinateError(RangeDistError, ValueError):
     """A location is NaN, infinite or outside lon [-180, 180] / lat [-90, 90]."""
 

@@ -44,6 +44,10 @@ class GridJobConfig:
         max_in_flight: tiles queued per actor (bounded backlog).
         memory_budget_mb: per-actor bound on the retrieval working memory.
         executor: ``ray`` (default) or ``local`` (this process, no Ray; for debugging).
+        mode: retrieval ``exact`` (default) or ``fast`` (approximations validated to ``tolerance`` on a
+            sample of the grid's own points before the run; see :mod:`range_dist.fast_mode`).
+        tolerance: the fast mode's bound on ``||fast - exact|| / ||exact||`` per cell and β.
+        validation_points: cells in each of the fast mode's two validation samples.
         extra: testing knobs, not part of the YAML schema (``kill_after_tiles`` injects actor deaths).
     """
 
@@ -68,6 +72,9 @@ class GridJobConfig:
     max_in_flight: int = 2
     memory_budget_mb: float = 512.0
     executor: str = "ray"
+    mode: str = "exact"
+    tolerance: float | None = None
+    validation_points: int = 256
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +98,17 @@ class GridJobConfig:
             raise ConfigError(f"max_in_flight={self.max_in_flight}: expected >= 1")
         if self.executor not in ("ray", "local"):
             raise ConfigError(f"executor={self.executor!r}: use 'ray' or 'local'")
+        if self.mode not in ("exact", "fast"):
+            raise ConfigError(f"mode={self.mode!r}: use 'exact' or 'fast'")
+        if self.mode == "fast":
+            if self.tolerance is None or not 0.0 < self.tolerance < 1.0:
+                raise ConfigError(f"mode=fast needs a tolerance in (0, 1), got {self.tolerance!r}; "
+                                  "e.g. --tolerance 1e-3 (relative error per cell)")
+            if self.db_shards > 1:
+                raise ConfigError(f"mode=fast with db_shards={self.db_shards}: shards merge exact statistics; "
+                                  "use db_shards=1 (replicas) with the fast mode")
+        if self.validation_points < 16:
+            raise ConfigError(f"validation_points={self.validation_points}: expected >= 16")
         if Path(self.out).suffix != ".zarr":
             raise ConfigError(f"out={self.out}: the output store must end in .zarr")
         self.grid  # noqa: B018 - validates resolution and bbox
@@ -119,9 +137,10 @@ class GridJobConfig:
                 clean[key] = tuple(float(b) for b in (value.split(",") if isinstance(value, str) else value))
             elif key in ("satclip", "db", "out"):
                 clean[key] = Path(value)
-            elif key in ("tile_size", "chunk_size", "num_actors", "cpus_per_actor", "db_shards", "max_in_flight"):
+            elif key in ("tile_size", "chunk_size", "num_actors", "cpus_per_actor", "db_shards", "max_in_flight",
+                         "validation_points"):
                 clean[key] = _as_int(value, key, source)
-            elif key in ("resolution", "gpus_per_actor", "memory_budget_mb"):
+            elif key in ("resolution", "gpus_per_actor", "memory_budget_mb", "tolerance"):
                 clean[key] = _as_float(value, key, source)
             elif key in ("land_only", "overwrite"):
                 if not isinstance(value, bool):

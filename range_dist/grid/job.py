@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from range_dist.cube.store import (
     TILE_COMPUTED,
@@ -26,11 +27,14 @@ from range_dist.cube.store import (
     open_or_create_cube,
 )
 from range_dist.database.store import RetrievalDatabase
+from range_dist.errors import ConfigError
+from range_dist.fast_mode import plan_fast
 from range_dist.grid.config import GridJobConfig
-from range_dist.grid.spec import TileKey, iter_tiles
+from range_dist.grid.spec import GridSpec, TileKey, iter_tiles, land_mask
 from range_dist.grid.tiles import EncoderPayload, TileResult
 from range_dist.progress import Progress
 from range_dist.retrieval.engine import VARIANTS
+from range_dist.retrieval.plan import FastPlan
 
 FEATURE_LAYOUT = (
     "[0, D): retrieved image embedding H_beta (D = value dim, 1024); "
@@ -111,6 +115,36 @@ class GridPlan:
         )
 
 
+def grid_sample(grid: GridSpec, land_only: bool, count: int, seed: int = 0) -> npt.NDArray[np.float64]:
+    """Up to ``count`` distinct cell centres drawn at random from the grid (land cells if ``land_only``)."""
+    rng = np.random.default_rng(seed)
+    cells = grid.shape[0] * grid.shape[1]
+    picks = rng.choice(cells, size=min(cells, 8 * count), replace=False)
+    lonlat = np.stack([grid.lon[picks % grid.shape[1]], grid.lat[picks // grid.shape[1]]], axis=1).astype(np.float64)
+    if land_only:
+        lonlat = lonlat[land_mask(lonlat)]
+    return lonlat[:count]
+
+
+def plan_fast_mode(config: GridJobConfig, payload: EncoderPayload, log: Any = sys.stderr) -> FastPlan:
+    """Choose and validate the fast mode's approximations on cells of this grid (on the driver).
+
+    Raises:
+        ToleranceError: the tolerance is not met on the sample (nothing is written).
+    """
+    assert config.tolerance is not None
+    sample = grid_sample(config.grid, config.land_only, 2 * config.validation_points)
+    if len(sample) == 0:
+        raise ConfigError("mode=fast: the grid has no cells to validate on (no land in the bbox?); use mode=exact")
+    start = time.perf_counter()
+    encoder = payload.build("cpu")
+    plan = plan_fast(encoder, sample, config.betas, config.tolerance, config.validation_points)
+    print(f"[embed-grid] fast mode: measured error {plan.measured_error:.2e} <= tolerance {plan.tolerance:g} on "
+          f"{plan.validation_points} cells (value rank {plan.value_rank}, interpolated {plan.spacing or 'none'}; "
+          f"planned in {time.perf_counter() - start:.1f} s)", file=log, flush=True)
+    return plan
+
+
 def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
     """Resolve assets, load and hash them, and fix the cube layout and provenance."""
     from range_dist import __version__
@@ -122,8 +156,6 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
     database = RetrievalDatabase.open(config.db)
     database.check_compatible(location.embed_dim)
     if config.db_shards > database.rows:
-        from range_dist.errors import ConfigError
-
         raise ConfigError(f"db_shards={config.db_shards} exceeds the database's {database.rows} rows")
     grid = config.grid
     feature_dim = database.value_dim + database.key_dim
@@ -146,6 +178,8 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
         "tile_size": config.tile_size,
         "chunk_size": config.chunk_size,
         "feature_dim": feature_dim,
+        "retrieval_mode": config.mode,
+        "tolerance": config.tolerance if config.mode == "fast" else None,
     }
     west, south, east, north = (float(grid.lon[0] - grid.resolution / 2), float(grid.lat[-1] - grid.resolution / 2),
                                 float(grid.lon[-1] + grid.resolution / 2), float(grid.lat[0] + grid.resolution / 2))
@@ -169,7 +203,7 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
         "range_dist:harmonics": location.config.harmonics,
         "range_dist:grid": grid.describe(),
         "range_dist:land_mask": "global-land-mask (30 arc-second), cell centres" if config.land_only else "none",
-        "range_dist:retrieval_mode": "exact",
+        "range_dist:retrieval_mode": config.mode,
         "proj:code": "EPSG:4326",
         "spatial:dimensions": ["lat", "lon"],
         "spatial:shape": list(grid.shape),
@@ -185,6 +219,10 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
         "geoemb:feature_layout": FEATURE_LAYOUT,
     }
     payload = EncoderPayload.from_models(location, database, config.variant, config.memory_budget_mb)
+    if config.mode == "fast":
+        fast_plan = plan_fast_mode(config, payload, log)
+        payload = replace(payload, fast_plan=fast_plan, betas=tuple(config.betas))
+        attrs["range_dist:fast"] = fast_plan.describe()
     return GridPlan(config, layout, tuple(iter_tiles(grid, config.tile_size)), payload, signature, attrs)
 
 

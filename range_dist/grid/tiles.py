@@ -21,6 +21,7 @@ from range_dist.encoder import RangeEncoder
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
 from range_dist.grid.spec import GridSpec, TileKey, land_mask, tile_lonlat
 from range_dist.retrieval.engine import Partials, blend, merge_partials
+from range_dist.retrieval.plan import FastPlan
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class EncoderPayload:
         database: the full database; a worker keeps only its shard's rows.
         variant, tau_sem, tau_geo: retrieval settings.
         memory_budget_mb: per-worker bound on retrieval working memory.
+        fast_plan: the validated fast-mode plan (None: exact mode), for the β levels ``betas``.
+        betas: the run's β levels (the plan was validated for them).
     """
 
     location_config: SatCLIPLocationConfig
@@ -53,6 +56,8 @@ class EncoderPayload:
     tau_sem: float | None = None
     tau_geo: float | None = None
     memory_budget_mb: float = 512.0
+    fast_plan: FastPlan | None = None
+    betas: tuple[float, ...] = ()
 
     @classmethod
     def from_models(cls, location: SatCLIPLocationEncoder, database: RetrievalDatabase, variant: str,
@@ -66,8 +71,11 @@ class EncoderPayload:
         # object-store arrays are read-only views: copy them into the module's own tensors
         location.load_state_dict({k: torch.tensor(v) for k, v in self.location_state.items()})
         db = self.database if shard is None else self.database.select(slice(*shard))
-        return RangeEncoder(location, db, self.variant, device, tau_sem=self.tau_sem, tau_geo=self.tau_geo,
-                            memory_budget_mb=self.memory_budget_mb)
+        encoder = RangeEncoder(location, db, self.variant, device, tau_sem=self.tau_sem, tau_geo=self.tau_geo,
+                               memory_budget_mb=self.memory_budget_mb)
+        if self.fast_plan is not None:
+            encoder.use_plan(self.fast_plan, self.betas)
+        return encoder
 
 
 def tile_points(

@@ -23,7 +23,7 @@ How it is computed (and why it is exact):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -131,6 +131,13 @@ class DeviceDatabase:
         self.values_aug = aug
         self.device = torch.device(device)
         self.dtype = dtype
+
+    def with_values(self, values_aug: torch.Tensor) -> DeviceDatabase:
+        """The same rows (keys and locations shared, not copied) with other (M, C + 1) values."""
+        other = object.__new__(DeviceDatabase)
+        other.__dict__.update(self.__dict__)
+        other.values_aug = values_aug
+        return other
 
     @property
     def rows(self) -> int:
@@ -280,17 +287,43 @@ def blend(partials: Partials, q_hat: torch.Tensor, betas: Sequence[float], varia
     Returns:
         (B, n, D + K) tensor, dtype of ``partials``.
     """
-    averages = partials.averages()
-    by_head = dict(zip(partials.heads, averages))
-    n, d = averages.shape[1], averages.shape[2]
-    out = torch.empty((len(betas), n, d + q_hat.shape[1]), dtype=averages.dtype, device=averages.device)
+    return blend_heads(dict(zip(partials.heads, partials.averages())), q_hat, betas, variant)
+
+
+def blend_heads(
+    by_head: dict[str, torch.Tensor],
+    q_hat: torch.Tensor,
+    betas: Sequence[float],
+    variant: str,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``[H_β | q̂]`` for each β from the heads' (n, C) averages.
+
+    Args:
+        by_head: (n, C) softmax-weighted averages per head name.
+        q_hat: (n, K) unit query embeddings.
+        betas: β levels.
+        variant: ``range`` or ``range+``.
+        reconstruct: maps (n, C) averages to (n, D) values (the fast mode's PCA basis: blending
+            is linear, so it is done on the C coefficients first); None when C = D.
+
+    Returns:
+        (B, n, D + K) tensor.
+    """
+    first = next(iter(by_head.values()))
+    n = first.shape[0]
+    d = first.shape[1] if reconstruct is None else reconstruct(first[:1]).shape[1]
+    out = torch.empty((len(betas), n, d + q_hat.shape[1]), dtype=first.dtype, device=first.device)
     for b, beta in enumerate(betas):
         beta = float(beta)
+        target = out[b, :, :d] if reconstruct is None else torch.empty_like(first)
         if variant == "range" or beta == 1.0:
-            out[b, :, :d] = by_head["sem"]
+            target.copy_(by_head["sem"])
         elif beta == 0.0:
-            out[b, :, :d] = by_head["geo"]
+            target.copy_(by_head["geo"])
         else:  # (1-β)·H_geo + β·H_sem in one fused pass
-            torch.lerp(by_head["geo"], by_head["sem"], beta, out=out[b, :, :d])
+            torch.lerp(by_head["geo"], by_head["sem"], beta, out=target)
+        if reconstruct is not None:
+            out[b, :, :d] = reconstruct(target)
         out[b, :, d:] = q_hat
     return out

@@ -1,0 +1,109 @@
+"""What a ``fast`` run approximates, and the error measured for it (plain data + pure helpers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from range_dist.retrieval.fast import ValueBasis
+
+#: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
+RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+#: Candidate lattice spacings (degrees, each divides 360), coarsest first.
+SPACING_LADDER = {
+    "geo": (10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.25),
+    "sem": (2.0, 1.5, 1.0, 0.75, 0.5, 0.25, 0.2, 0.1, 0.05),
+}
+
+
+@dataclass(frozen=True)
+class FastPlan:
+    """The approximations of a ``fast`` run, chosen and validated for one tolerance.
+
+    Attributes:
+        tolerance: the user's bound on ``||emb_fast - emb_exact|| / ||emb_exact||`` per point and β.
+        basis: truncated PCA basis of the values, or None (full values).
+        spacing: lattice spacing (degrees) per interpolated head, e.g. ``{"geo": 2.0}``.
+        measured_error: largest relative error on the check sample (all β levels).
+        component_errors: largest relative error of each approximation alone on the selection sample.
+        validation_points: points of the check sample (drawn from the run's own points).
+        pca_worst_case: ``max_i ||v_i - P_r v_i||``, a bound on the PCA part of the error at any point
+            (the embedding norm is at least 1, since q̂ is a unit vector); None without PCA.
+    """
+
+    tolerance: float
+    basis: ValueBasis | None
+    spacing: dict[str, float] = field(default_factory=dict)
+    measured_error: float = float("nan")
+    component_errors: dict[str, float] = field(default_factory=dict)
+    validation_points: int = 0
+    pca_worst_case: float | None = None
+
+    @property
+    def value_rank(self) -> int | None:
+        return None if self.basis is None else self.basis.rank
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (cube provenance, run reports)."""
+        return {
+            "mode": "fast",
+            "tolerance": self.tolerance,
+            "error_metric": "max over points and beta of ||fast - exact||_2 / ||exact||_2",
+            "measured_error": self.measured_error,
+            "validation_points": self.validation_points,
+            "value_rank": self.value_rank,
+            "interpolated_heads": {head: {"spacing_deg": h, "kernel": "Catmull-Rom 4x4"}
+                                   for head, h in sorted(self.spacing.items())},
+            "component_errors": dict(sorted(self.component_errors.items())),
+            "pca_worst_case_bound": self.pca_worst_case,
+        }
+
+
+def head_weights(variant: str, betas: Sequence[float], head: str) -> npt.NDArray[np.float64]:
+    """(B,) weight of ``head`` in the embedding at each β (RANGE+: 1-β spatial, β semantic)."""
+    b = np.asarray(betas, dtype=np.float64)
+    if variant == "range":
+        return np.ones_like(b) if head == "sem" else np.zeros_like(b)
+    return b if head == "sem" else 1.0 - b
+
+
+def relative_errors(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """(B, n) ``||approx - exact|| / ||exact||`` along the last axis, computed in float64."""
+    diff = (approx.double() - exact.double()).norm(dim=-1)
+    return diff / exact.double().norm(dim=-1).clamp_min(1e-30)
+
+
+def rank_errors(
+    coefficient_averages: torch.Tensor, weights: npt.NDArray[np.float64], norms: torch.Tensor
+) -> torch.Tensor:
+    """Relative truncation error of every rank at once (exact, from full-basis coefficients).
+
+    Args:
+        coefficient_averages: (H, n, D) softmax averages of ``(V - μ)·U`` per head, full basis U.
+        weights: (H, B) weight of each head at each β.
+        norms: (B, n) norms of the exact embeddings.
+
+    Returns:
+        (D + 1,) float64: entry r is the largest relative error over points and β when only the
+        leading r coefficients are kept (the basis is orthonormal, so the error is the tail's norm).
+    """
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    blended = torch.einsum("hb,hnd->bnd", w, coefficient_averages.double())  # (B, n, D)
+    tail = blended.square().flip(-1).cumsum(-1).flip(-1)  # tail[..., r] = Σ_{k>=r} c_k²
+    tail = torch.cat([tail, torch.zeros_like(tail[..., :1])], dim=-1).sqrt()
+    return (tail / norms.double().unsqueeze(-1)).amax(dim=(0, 1))
+
+
+def next_spacing(ladder: Sequence[float], spacing: float, error: float, target: float) -> float | None:
+    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h³)."""
+    predicted = spacing * (target / error) ** (1.0 / 3.0) * 0.9 if error > 0 else spacing
+    finer = [h for h in ladder if h < spacing]
+    if not finer:
+        return None
+    fitting = [h for h in finer if h <= predicted]
+    return fitting[0] if fitting else finer[-1]

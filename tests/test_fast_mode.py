@@ -1,0 +1,224 @@
+"""The fast retrieval mode: approximations within their measured bound, refusal, provenance."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
+from range_dist.cli import main
+from range_dist.database.store import RetrievalDatabase as Database
+from range_dist.encoders.satclip import SatCLIPLocationEncoder
+from range_dist.errors import ConfigError, ToleranceError
+from range_dist.grid.config import GridJobConfig
+from range_dist.grid.job import build_plan, run_plan
+from range_dist.retrieval.fast import fit_value_basis, interpolate, lattice_stencils, max_row_residual, node_lonlat
+from range_dist.retrieval.plan import rank_errors, relative_errors
+from tests.helpers import random_points
+
+BETAS = (0.0, 0.5, 1.0)
+TOLERANCE = 1e-3
+
+
+def _grid(west: float, east: float, south: float, north: float, step: float) -> np.ndarray:
+    lon, lat = np.meshgrid(np.arange(west, east, step) + step / 2, np.arange(south, north, step) + step / 2)
+    lonlat = np.stack([lon.ravel(), lat.ravel()], axis=1)
+    lonlat[:, 0] = (lonlat[:, 0] + 180.0) % 360.0 - 180.0
+    return lonlat
+
+
+POINT_SETS = {
+    "antimeridian_tile": _grid(165.0, 195.0, -15.0, 15.0, 0.25),
+    "north_polar_cap": _grid(-180.0, 180.0, 80.0, 90.0, 1.0),
+    "south_pole_dense": _grid(-30.0, 30.0, -90.0, -80.0, 0.25),
+    "random_sparse": random_points(1500, seed=5),
+}
+
+
+def _sphere(n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.stack([rng.uniform(-180, 180, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))], axis=1)
+
+
+def _databases() -> dict[str, Database]:
+    rng = np.random.default_rng(7)
+    m = 2000
+    random_db = Database(_sphere(m, rng), rng.normal(size=(m, 256)), rng.normal(size=(m, 1024)))
+    centres = _sphere(6, rng)
+    labels = rng.integers(0, 6, m)
+    locs = centres[labels] + rng.normal(scale=2.0, size=(m, 2))
+    locs[:, 0] = (locs[:, 0] + 180.0) % 360.0 - 180.0
+    locs[:, 1] = np.clip(locs[:, 1], -90.0, 90.0)
+    clustered = Database(locs, rng.normal(size=(6, 256))[labels] + 0.3 * rng.normal(size=(m, 256)),
+                         rng.normal(size=(6, 1024))[labels] + 0.3 * rng.normal(size=(m, 1024)))
+    base = _sphere(500, rng)
+    duplicated = Database(np.repeat(base, 4, axis=0), np.repeat(rng.normal(size=(500, 256)), 4, axis=0),
+                          np.repeat(rng.normal(size=(500, 1024)), 4, axis=0))
+    low_rank_values = rng.normal(size=(m, 12)) @ rng.normal(size=(12, 1024)) + 1e-5 * rng.normal(size=(m, 1024))
+    low_rank = Database(_sphere(m, rng), rng.normal(size=(m, 256)), low_rank_values)
+    return {"random": random_db, "clustered": clustered, "duplicated": duplicated, "low_rank": low_rank}
+
+
+DATABASES = _databases()
+
+
+# ---------------------------------------------------------------- pure parts
+def test_stencil_weights_sum_to_one_and_nodes_continue_through_the_poles() -> None:
+    pts = np.array([[179.9, 89.9], [-180.0, -90.0], [0.1, 0.1], [180.0, 45.0]])
+    st = lattice_stencils(pts, 2.0)
+    np.testing.assert_allclose(st.weights.sum(axis=1), 1.0, atol=1e-6)
+    assert (st.nodes[:, 1] <= 90.0).all() and (st.nodes[:, 1] >= -90.0).all()
+    assert (st.nodes[:, 0] >= -180.0).all() and (st.nodes[:, 0] < 180.0).all()
+    # row 91 of a 2° lattice is lat 92°, column 10 lon -160°: the point at lat 88° on the opposite meridian
+    np.testing.assert_allclose(node_lonlat(np.array([91, -1]), np.array([10, 10]), 2.0), [[20.0, 88.0], [20.0, -88.0]])
+
+
+def test_interpolation_error_shrinks_as_the_cube_of_the_spacing() -> None:
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([random_points(400, seed=1), [[180.0, 89.99], [-179.99, -89.9], [0.0, 90.0]]])
+    directions = rng.normal(size=(3, 8))
+
+    def field(lonlat: np.ndarray) -> torch.Tensor:  # smooth on the sphere (through poles and antimeridian)
+        lon, lat = np.radians(lonlat[:, 0]), np.radians(lonlat[:, 1])
+        xyz = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+        return torch.from_numpy(np.sin(2.0 * xyz @ directions))
+
+    errors = []
+    for spacing in (4.0, 2.0, 1.0):
+        st = lattice_stencils(pts, spacing)
+        errors.append(float((interpolate(field(st.nodes), st) - field(pts)).abs().max()))
+    assert errors[0] < 1e-2 and errors[0] / errors[1] > 5 and errors[1] / errors[2] > 5, errors
+
+
+def test_rank_errors_equal_the_direct_truncation_error() -> None:
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(300, 64)) @ np.diag(np.linspace(2, 0.01, 64)).astype(np.float32)
+    basis = fit_value_basis(values)
+    weights = torch.softmax(torch.from_numpy(rng.normal(size=(2, 5, 300)) * 3), dim=-1)  # (H, n, M)
+    averages = weights @ torch.from_numpy(values).double()  # (H, n, D)
+    head_w = np.array([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]])
+    norms = torch.ones(3, 5, dtype=torch.float64)
+    coefficients = (averages - torch.from_numpy(basis.mean).double()) @ torch.from_numpy(basis.components).double()
+    errors = rank_errors(coefficients, head_w, norms)
+    rank = 10
+    truncated = basis.truncated(rank)
+    approx = truncated.reconstruct(((averages - torch.from_numpy(basis.mean).double()) @ torch.from_numpy(
+        truncated.components).double()).float()).double()
+    blended_exact = torch.einsum("hb,hnd->bnd", torch.from_numpy(head_w), averages)
+    blended_approx = torch.einsum("hb,hnd->bnd", torch.from_numpy(head_w), approx)
+    direct = (blended_exact - blended_approx).norm(dim=-1).max()
+    assert float(errors[rank]) == pytest.approx(float(direct), rel=1e-4)
+    assert float(errors[64]) == 0.0
+    assert max_row_residual(values, truncated) >= float(errors[rank])  # the worst-case bound holds
+
+
+# ---------------------------------------------------------------- fast vs exact
+@pytest.mark.parametrize("db_name", sorted(DATABASES))
+@pytest.mark.parametrize("points_name", sorted(POINT_SETS))
+def test_fast_mode_within_tolerance_of_exact(location_encoder: SatCLIPLocationEncoder, db_name: str,
+                                             points_name: str) -> None:
+    db, points = DATABASES[db_name], POINT_SETS[points_name]
+    exact = RangeEncoder(location_encoder, db).encode(points, BETAS)
+    fast = RangeEncoder(location_encoder, db, mode="fast", tolerance=TOLERANCE)
+    plan = fast.plan_fast(points, BETAS)
+    assert plan.measured_error <= TOLERANCE and plan.validation_points > 0
+    got = fast.encode(points, BETAS)
+    # every point of the set, not only the validation sample
+    errors = relative_errors(torch.from_numpy(got), torch.from_numpy(exact))
+    assert float(errors.max()) <= TOLERANCE, (plan.describe(), float(errors.max()))
+    if db_name == "low_rank":
+        assert plan.value_rank is not None and plan.value_rank <= 16
+        assert plan.pca_worst_case is not None and plan.pca_worst_case < TOLERANCE
+
+
+def test_fast_mode_interpolates_dense_calls_and_computes_sparse_ones(location_encoder: SatCLIPLocationEncoder,
+                                                                      ) -> None:
+    db = DATABASES["random"]
+    fast = RangeEncoder(location_encoder, db, mode="fast", tolerance=TOLERANCE)
+    plan = fast.plan_fast(POINT_SETS["antimeridian_tile"], BETAS)
+    assert "geo" in plan.spacing  # the spatial head is smooth: always interpolated at 1e-3
+    sparse = random_points(50, seed=9)  # stencils of sparse points need more nodes than points: direct
+    exact = RangeEncoder(location_encoder, db).encode(sparse, BETAS)
+    assert plan.value_rank is None  # random values: no useful low-rank basis, so direct = exact
+    np.testing.assert_allclose(fast.encode(sparse, BETAS), exact, atol=1e-5)
+
+
+def test_range_variant_and_single_head_betas(location_encoder: SatCLIPLocationEncoder) -> None:
+    db, points = DATABASES["clustered"], POINT_SETS["antimeridian_tile"]
+    for variant, betas in (("range", (0.5,)), ("range+", (0.0,)), ("range+", (1.0,))):
+        exact = RangeEncoder(location_encoder, db, variant=variant).encode(points, betas)
+        fast = RangeEncoder(location_encoder, db, variant=variant, mode="fast", tolerance=TOLERANCE)
+        got = fast.encode(points, betas)  # plans on the call's own points
+        assert fast.fast is not None and fast.fast.plan.measured_error <= TOLERANCE
+        assert float(relative_errors(torch.from_numpy(got), torch.from_numpy(exact)).max()) <= TOLERANCE
+
+
+# ---------------------------------------------------------------- refusal and bad input
+def test_unreachable_tolerance_is_refused_with_the_fix(location_encoder: SatCLIPLocationEncoder) -> None:
+    fast = RangeEncoder(location_encoder, DATABASES["random"], mode="fast", tolerance=1e-12)
+    with pytest.raises(ToleranceError, match=r"tolerance 1e-12.*--mode exact, or a larger --tolerance"):
+        fast.encode(POINT_SETS["antimeridian_tile"][:2000], BETAS)
+    assert fast.fast is None  # nothing half-configured
+
+
+def test_bad_mode_and_tolerance_messages(location_encoder: SatCLIPLocationEncoder) -> None:
+    db = DATABASES["random"]
+    with pytest.raises(ConfigError, match="needs a tolerance"):
+        RangeEncoder(location_encoder, db, mode="fast")
+    with pytest.raises(ConfigError, match="mode 'quick' is unknown"):
+        RangeEncoder(location_encoder, db, mode="quick")
+    with pytest.raises(ConfigError, match=r"tolerance=2.0: expected a relative error in \(0, 1\)"):
+        RangeEncoder(location_encoder, db, mode="fast", tolerance=2.0).encode(random_points(10), BETAS)
+    with pytest.raises(ConfigError, match="mode=fast with db_shards=2"):
+        GridJobConfig(mode="fast", tolerance=1e-3, db_shards=2)
+    with pytest.raises(ConfigError, match="mode=fast needs a tolerance"):
+        GridJobConfig(mode="fast")
+
+
+# ---------------------------------------------------------------- the grid job and the CLI
+def test_grid_job_fast_mode_writes_provenance_and_stays_within_tolerance(
+    tmp_path: Path, sample_assets: tuple[Path, Path]
+) -> None:
+    ckpt, db = sample_assets
+    exact_cfg = GridJobConfig(resolution=0.5, bbox=(150.0, 50.0, 180.0, 80.0), betas=BETAS, satclip=ckpt, db=db,
+                              out=tmp_path / "exact.zarr", tile_size=40, chunk_size=20, executor="local",
+                              dtype="float32")
+    fast_cfg = replace(exact_cfg, out=tmp_path / "fast.zarr", mode="fast", tolerance=TOLERANCE)
+    run_plan(build_plan(exact_cfg), executor="local")
+    run_plan(build_plan(fast_cfg), executor="local")
+    exact = xr.open_zarr(exact_cfg.out)
+    fast = xr.open_zarr(fast_cfg.out)
+    assert exact.attrs["range_dist:retrieval_mode"] == "exact" and "range_dist:fast" not in exact.attrs
+    provenance = fast.attrs["range_dist:fast"]
+    assert fast.attrs["range_dist:retrieval_mode"] == "fast"
+    assert provenance["tolerance"] == TOLERANCE and 0 < provenance["measured_error"] <= TOLERANCE
+    assert provenance["validation_points"] == 256 and provenance["interpolated_heads"]
+    a = torch.from_numpy(fast["embedding"].values)
+    b = torch.from_numpy(exact["embedding"].values)
+    assert float(relative_errors(a, b).max()) <= TOLERANCE
+    # a fast store is not resumed as an exact one (and vice versa)
+    from range_dist.errors import StoreMismatchError
+
+    with pytest.raises(StoreMismatchError):
+        run_plan(build_plan(replace(exact_cfg, out=fast_cfg.out)), executor="local")
+
+
+def test_embed_points_cli_fast_mode(tmp_path: Path, sample_assets: tuple[Path, Path], capsys) -> None:
+    ckpt, npz = sample_assets
+    points = tmp_path / "pts.csv"
+    grid = _grid(0.0, 20.0, 40.0, 60.0, 0.25)
+    points.write_text("lon,lat\n" + "\n".join(f"{lon},{lat}" for lon, lat in grid))
+    out = tmp_path / "fast.npz"
+    assert main(["embed-points", "--satclip", str(ckpt), "--db", str(npz), "--betas", "0,0.5,1", "--points",
+                 str(points), "--out", str(out), "--mode", "fast", "--tolerance", "1e-3"]) == 0
+    assert "fast mode: measured error" in capsys.readouterr().out
+    exact = RangeEncoder(load_satclip_location_encoder(ckpt), RetrievalDatabase.open(npz)).encode(grid, BETAS)
+    with np.load(out) as res:
+        assert float(relative_errors(torch.from_numpy(res["embedding"]), torch.from_numpy(exact)).max()) <= 1e-3
+    assert main(["embed-points", "--satclip", str(ckpt), "--db", str(npz), "--points", str(points), "--out",
+                 str(tmp_path / "x.npz"), "--mode", "fast"]) == 2
+    assert "needs a tolerance" in capsys.readouterr().err
