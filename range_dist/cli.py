@@ -128,6 +128,8 @@ def _add_mode_arguments(p: argparse.ArgumentParser, default_mode: str | None) ->
                    help="retrieval: exact (default), or fast = approximations validated to --tolerance")
     p.add_argument("--tolerance", type=float, default=None,
                    help="fast mode: largest relative error per point, ||fast - exact|| / ||exact|| (e.g. 1e-3)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32" if default_mode else None,
+                   help="matrix products on a GPU (default fp32); a CPU always uses fp32")
 
 
 @_command("embed-points", "embed the points of a CSV/Parquet file with RANGE / RANGE+")
@@ -144,7 +146,7 @@ def _embed_points(args: argparse.Namespace) -> int:
     location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics)
     db = RetrievalDatabase.open(args.db)
     encoder = RangeEncoder(location, db, variant=args.variant, device=args.device, mode=args.mode,
-                           tolerance=args.tolerance)
+                           tolerance=args.tolerance, precision=args.precision)
     retrieval: dict[str, object] = {"mode": "exact"}
     if args.mode == "fast":
         start = time.perf_counter()
@@ -160,6 +162,7 @@ def _embed_points(args: argparse.Namespace) -> int:
     attrs = {
         "range_dist_version": __version__,
         "retrieval": retrieval,
+        "precision": encoder.precision_used,
         "variant": args.variant,
         "betas": list(betas),
         "satclip": str(args.satclip),
@@ -341,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--gdal", action="append", default=None, metavar="NAME=VALUE", help="extra GDAL setting")
     p.add_argument("--limit", type=int, default=None, help="only the first N locations")
+    p.add_argument("--search-group-deg", type=float, default=None,
+                   help="search once per cell of this size (degrees) instead of once per location")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace instead of resuming")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
 

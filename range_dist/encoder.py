@@ -18,6 +18,7 @@ from range_dist.database.store import RetrievalDatabase
 from range_dist.errors import ConfigError
 from range_dist.fast_mode import VALIDATION_POINTS, FastRetriever, plan_fast
 from range_dist.retrieval.engine import (
+    PRECISIONS,
     DeviceDatabase,
     Partials,
     RetrievalSettings,
@@ -74,6 +75,9 @@ class RangeEncoder:
             :mod:`range_dist.fast_mode`). A fast encoder plans on the points of its first
             :meth:`encode` call unless :meth:`plan_fast` or :meth:`use_plan` is called first.
         tolerance: the fast mode's bound on the relative error per point (e.g. 1e-3).
+        precision: matrix products on a CUDA device: ``fp32`` (default), ``tf32`` or ``bf16`` (bf16
+            values product, float32 softmax statistics; see :mod:`range_dist.retrieval.engine`).
+            A CPU always computes in float32 (these CPUs have no fast bf16): ``precision_used`` says.
 
     Example:
         >>> enc = RangeEncoder(load_satclip_location_encoder("satclip.ckpt"), RetrievalDatabase.open("db.zarr"))
@@ -93,6 +97,7 @@ class RangeEncoder:
         memory_budget_mb: float = 256.0,
         mode: str = "exact",
         tolerance: float | None = None,
+        precision: str = "fp32",
     ) -> None:
         if mode not in ("exact", "fast"):
             raise ConfigError(f"mode {mode!r} is unknown; use 'exact' or 'fast'")
@@ -102,6 +107,9 @@ class RangeEncoder:
         self.fast: FastRetriever | None = None
         self.fast_betas: tuple[float, ...] | None = None
         self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        self.precision_used = precision if self.device.type == "cuda" else "fp32"
         embed_dim = int(getattr(location_encoder, "embed_dim", database.key_dim))
         database.check_compatible(embed_dim)
         self.variant = variant
@@ -144,7 +152,7 @@ class RangeEncoder:
             self.variant, betas, self.tau_sem, self.tau_geo, db_chunk=self.db_chunk
         )
         block = query_block_size(self.db_chunk, self.db.value_dim + 1, len(settings.heads), self.memory_budget_bytes)
-        return RetrievalSettings(**{**settings.__dict__, "query_chunk": block})
+        return RetrievalSettings(**{**settings.__dict__, "query_chunk": block, "precision": self.precision_used})
 
     @torch.no_grad()
     def query_features(self, lonlat: npt.NDArray[np.float64]) -> tuple[torch.Tensor, torch.Tensor]:

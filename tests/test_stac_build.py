@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +19,22 @@ from range_dist.chips.read import chip_geometry, coarse_window, read_chip
 from range_dist.database import RetrievalDatabase
 from range_dist.database.append import failure_table
 from range_dist.database.build import BuildConfig, build_database, judge_chip
-from range_dist.encoders.checkpoints import save_satclip_checkpoint
-from range_dist.encoders.image import (
-    SatMAEConfig,
-    build_satclip_visual,
-    build_satmae,
-    load_image_encoder,
-    save_satmae_checkpoint,
-)
-from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
-from range_dist.sampling import Locations, sample_locations, write_locations
+from range_dist.encoders.image import load_image_encoder
+from range_dist.errors import StacError
+from range_dist.sampling import sample_locations, write_locations
 from range_dist.stac.scenes import SceneRef, scene_from_item, select_candidates
-from range_dist.stac.search import SearchConfig, StacSearcher, choose_filter_mode, search_parameters
-from tests.s2data import RESOLUTION, SceneSpec, band_pixels, scene_center, write_catalog, write_scene
-from tests.servers import RangeServer, RustacServer
+from range_dist.stac.search import (
+    SearchConfig,
+    StacSearcher,
+    choose_filter_mode,
+    geometry_contains,
+    group_by_cell,
+    item_contains,
+    search_parameters,
+)
+from tests.s2data import RESOLUTION, band_pixels, scene_center, write_scene
+from tests.servers import RangeServer
+from tests.stac_world import World, build_config, make_world
 
 torch.set_num_threads(2)
 
@@ -83,68 +86,11 @@ def test_sample_locations_on_land(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- servers
-@dataclass
-class World:
-    root: Path
-    cogs: Path
-    http: RangeServer
-    stac: RustacServer
-    specs: dict[str, SceneSpec]
-    locations: Locations
-    key_ckpt: Path
-    value_ckpt: Path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("s2world")
-    cogs = root / "cogs"
-    cogs.mkdir()
-    http = RangeServer(cogs).start()
-    step = 20000.0
-    specs = {
-        "clear": SceneSpec("S2_CLEAR", origin=(500000.0, 5000040.0), cloud_cover=5, baseline="05.09"),
-        "clear_cloudy_alt": SceneSpec("S2_CLEAR_CLOUDY", origin=(500000.0, 5000040.0), cloud_cover=60, seed=5),
-        "old": SceneSpec("S2_OLD", origin=(500000.0 + step, 5000040.0), cloud_cover=2, baseline="03.01", seed=1),
-        "scl_cloud": SceneSpec("S2_SCLCLOUD", origin=(500000.0 + 2 * step, 5000040.0), cloud_cover=10,
-                               cloudy_scl=True, seed=2),
-        "edge": SceneSpec("S2_EDGE", origin=(500000.0 + 3 * step, 5000040.0), cloud_cover=1, nodata_cols=400, seed=3),
-        "edge_fallback": SceneSpec("S2_EDGE_OK", origin=(500000.0 + 3 * step, 5000040.0), cloud_cover=8, seed=4),
-        "truncated": SceneSpec("S2_TRUNC", origin=(500000.0 + 4 * step, 5000040.0), cloud_cover=3, seed=6),
-        "flaky": SceneSpec("S2_FLAKY", origin=(500000.0 + 5 * step, 5000040.0), cloud_cover=3, seed=7),
-    }
-    items = [write_scene(s, cogs, http.url) for s in specs.values()]
-    for band in ("B04", "B11"):  # a truncated COG: header fine, tile data cut
-        path = cogs / "S2_TRUNC" / f"{band}.tif"
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 3])
-    collection, ndjson = write_catalog(items, root)
-    stac = RustacServer(collection, ndjson)
-    names = ["clear", "old", "scl_cloud", "edge", "truncated", "flaky"]
-    lonlat = [scene_center(specs[n]) for n in names] + [(-60.0, -10.0)]  # the last: no scene
-    ids = (*(f"loc-{n}" for n in names), "loc-none")
-    locations = Locations(ids, np.array(lonlat))
-    torch.manual_seed(0)
-    location = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=10, capacity=32, embed_dim=256))
-    key_ckpt = root / "satclip-resnet18.ckpt"
-    save_satclip_checkpoint(location, key_ckpt, visual_state=build_satclip_visual("resnet18").state_dict(),
-                            vision_layers="moco_resnet18")
-    value_ckpt = root / "satmae-tiny.pth"  # the ViT-L width (1024) with one block, to keep tests fast
-    save_satmae_checkpoint(build_satmae(SatMAEConfig(depth=1)), value_ckpt)
-    yield World(root, cogs, http, stac, specs, locations, key_ckpt, value_ckpt)
-    stac.stop()
-    http.stop()
-
-
-def _config(world: World, out: Path, **kw: object) -> BuildConfig:
-    locs = out.with_suffix(".parquet")
-    if not locs.exists():
-        write_locations(world.locations, locs)
-    base = {"locations": locs, "out": out, "stac_url": world.stac.url, "datetime": None, "key_encoder":
-            "satclip-resnet18", "key_checkpoint": world.key_ckpt, "value_checkpoint": world.value_ckpt,
-            "batch_size": 3, "device": "cpu", "gdal": (("GDAL_HTTP_RETRY_DELAY", "0.05"),)}
-    base.update(kw)
-    return BuildConfig(**base)  # type: ignore[arg-type]
+    built = make_world(tmp_path_factory.mktemp("s2world"))
+    yield built
+    built.close()
 
 
 def test_search_against_rustac_filters_client_side(world: World) -> None:
@@ -196,7 +142,7 @@ def test_judge_chip_nodata_and_cloud(world: World) -> None:
 def test_build_database_end_to_end(world: World, tmp_path: Path) -> None:
     world.http.fail_next.update({"B02.tif": [429, 500], "B08.tif": [503]})  # transient faults, retried by GDAL
     out = tmp_path / "db.zarr"
-    report = build_database(_config(world, out, radiometry="harmonised"), quiet=True)
+    report = build_database(build_config(world, out, radiometry="harmonised"), quiet=True)
     assert world.http.statuses[429] >= 1 and world.http.statuses[500] >= 1
     db = RetrievalDatabase.open(out)
     ids = [str(i) for i in db.provenance["location_id"]]
@@ -219,19 +165,19 @@ def test_build_database_end_to_end(world: World, tmp_path: Path) -> None:
     np.testing.assert_allclose(db.keys[i], key_model.encode(to_reflectance(chip.dn, 0)[None])[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(db.locations[i], chip.center_lonlat)
     # rerun: nothing new, failures retried and still recorded
-    again = build_database(_config(world, out, radiometry="harmonised"), quiet=True)
+    again = build_database(build_config(world, out, radiometry="harmonised"), quiet=True)
     assert again.skipped_done == 4 and again.rows_written == 0
     assert RetrievalDatabase.open(out).rows == 4
     # another radiometry is refused
     from range_dist.errors import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="radiometry"):
-        build_database(_config(world, out, radiometry="faithful"), quiet=True)
+        build_database(build_config(world, out, radiometry="faithful"), quiet=True)
 
 
 def test_resume_after_kill(world: World, tmp_path: Path) -> None:
     out = tmp_path / "killed.zarr"
-    cfg = _config(world, out, batch_size=1, extra=(("sleep_after_batch", 1.0),))
+    cfg = build_config(world, out, batch_size=1, extra=(("sleep_after_batch", 1.0),))
     script = ("import sys, pickle; from range_dist.database.build import build_database; "
               "build_database(pickle.loads(bytes.fromhex(sys.argv[1])), quiet=True)")
     import pickle
@@ -284,12 +230,9 @@ def test_geoparquet_export(tmp_path: Path) -> None:
     assert table.column("location_id").to_pylist() == ["a", "b"]
 
 
-def test_build_on_ray_equals_local_build(world: World, tmp_path: Path) -> None:
-    """The Ray executor (read tasks + an encoder actor, the driver as single writer) gives the same rows."""
-    local = build_database(_config(world, tmp_path / "local.zarr"), quiet=True)
-    on_ray = build_database(_config(world, tmp_path / "ray.zarr", executor="ray"), quiet=True)
-    assert on_ray.rows_written == local.rows_written == 4 and on_ray.failures == local.failures
-    a, b = RetrievalDatabase.open(tmp_path / "local.zarr"), RetrievalDatabase.open(tmp_path / "ray.zarr")
+def _assert_same_rows(path_a: Path, path_b: Path) -> None:
+    """Two databases hold the same rows (matched by location id) and the same failure table."""
+    a, b = RetrievalDatabase.open(path_a), RetrievalDatabase.open(path_b)
     ids_a = [str(i) for i in a.provenance["location_id"]]
     ids_b = [str(i) for i in b.provenance["location_id"]]
     order_a, order_b = np.argsort(ids_a), np.argsort(ids_b)
@@ -297,6 +240,101 @@ def test_build_on_ray_equals_local_build(world: World, tmp_path: Path) -> None:
     np.testing.assert_allclose(a.locations[order_a], b.locations[order_b])
     np.testing.assert_allclose(a.keys[order_a], b.keys[order_b], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(a.values[order_a], b.values[order_b], rtol=1e-4, atol=1e-4)
-    assert {r[0]: r[1] for r in failure_table(tmp_path / "ray.zarr")} == {
-        r[0]: r[1] for r in failure_table(tmp_path / "local.zarr")
-    }
+    assert {r[0]: r[1] for r in failure_table(path_b)} == {r[0]: r[1] for r in failure_table(path_a)}
+
+
+def test_build_on_ray_equals_local_build(world: World, tmp_path: Path) -> None:
+    """The Ray executor (read tasks + an encoder actor, the driver as single writer) gives the same rows."""
+    local = build_database(build_config(world, tmp_path / "local.zarr"), quiet=True)
+    on_ray = build_database(build_config(world, tmp_path / "ray.zarr", executor="ray"), quiet=True)
+    assert on_ray.rows_written == local.rows_written == 4 and on_ray.failures == local.failures
+    _assert_same_rows(tmp_path / "local.zarr", tmp_path / "ray.zarr")
+
+
+def test_build_with_grouped_searches_equals_per_location_build(world: World, tmp_path: Path) -> None:
+    """One search per 1° cell of each batch (the scenes lie within a degree) gives the same database."""
+    per_location = build_database(build_config(world, tmp_path / "single.zarr"), quiet=True)
+    grouped = build_database(build_config(world, tmp_path / "grouped.zarr", search_group_deg=1.0, batch_size=8),
+                             quiet=True)
+    assert grouped.rows_written == per_location.rows_written == 4 and grouped.failures == per_location.failures
+    _assert_same_rows(tmp_path / "single.zarr", tmp_path / "grouped.zarr")
+
+
+# ---------------------------------------------------------------------------- grouping by area
+def test_group_by_cell_and_footprint_containment() -> None:
+    assert group_by_cell([(0.2, 0.3), (5.0, 5.0), (0.9, 0.1), (-0.1, 0.5)], 1.0) == [[0, 2], [1], [3]]
+    with pytest.raises(ValueError, match="must be > 0"):
+        group_by_cell([(0, 0)], 0)
+    square = [[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0], [0.0, 0.0]]
+    hole = [[1.0, 1.0], [2.0, 1.0], [2.0, 2.0], [1.0, 2.0], [1.0, 1.0]]
+    polygon = {"type": "Polygon", "coordinates": [square, hole]}
+    assert geometry_contains(polygon, 3.0, 3.0) and not geometry_contains(polygon, 1.5, 1.5)
+    assert not geometry_contains(polygon, 5.0, 1.0)
+    multi = {"type": "MultiPolygon", "coordinates": [[square], [[[10, 10], [11, 10], [11, 11], [10, 10]]]]}
+    assert geometry_contains(multi, 10.8, 10.2) and not geometry_contains(multi, 10.2, 10.8)
+    assert item_contains({"bbox": [0, 0, 1, 1]}, 0.5, 0.5) and not item_contains({"bbox": [0, 0, 1, 1]}, 2, 0.5)
+    assert not item_contains({}, 0.0, 0.0)
+    with pytest.raises(ValueError, match="expected Polygon or MultiPolygon"):
+        geometry_contains({"type": "Point", "coordinates": [0, 0]}, 0, 0)
+
+
+@pytest.mark.parametrize("max_items", [1, 50])
+def test_grouped_search_equals_per_point_on_rustac(world: World, max_items: int) -> None:
+    searcher = StacSearcher(SearchConfig(url=world.stac.url, datetime=None, max_items=max_items))
+    points = [scene_center(spec, dx, dy) for spec in world.specs.values() for dx, dy in ((0, 0), (3000, -2000))]
+    points.append((-60.0, -10.0))  # no scene there
+    per_point = [searcher.search(lon, lat) for lon, lat in points]
+    groups = group_by_cell(points, 1.0)
+    assert len(groups) < len(points)  # the scenes lie within one degree
+    for group in groups:
+        assert searcher.search_many([points[i] for i in group]) == [per_point[i] for i in group]
+
+
+# ---------------------------------------------------------------------------- Planetary Computer signing
+@pytest.fixture
+def token_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RangeServer]:
+    """A local SAS token service in the Planetary Computer's format (``{sas_url}/{account}/{container}``)."""
+    planetary_computer = pytest.importorskip("planetary_computer")
+    expiry = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    folder = tmp_path / "sas" / "sentinel2l2a01"
+    folder.mkdir(parents=True)
+    (folder / "sentinel2-l2").write_text(json.dumps({"msft:expiry": expiry, "token": "sv=2024&sig=local"}))
+    server = RangeServer(tmp_path).start()
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"{server.url}/sas")
+    planetary_computer.settings.Settings.get.cache_clear()
+    planetary_computer.sas.TOKEN_CACHE.clear()
+    yield server
+    server.stop()
+    planetary_computer.settings.Settings.get.cache_clear()
+    planetary_computer.sas.TOKEN_CACHE.clear()
+
+
+def _blob_scene(item_id: str) -> SceneRef:
+    base = f"https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/{item_id}"
+    return SceneRef(item_id, "sentinel-2-l2a", "2022-06-01T10:00:00Z", 3.0, "05.09", False,
+                    (("B04", f"{base}/B04.tif"), ("B03", f"{base}/B03.tif")), f"{base}/SCL.tif", sign=True)
+
+
+def test_planetary_computer_signing_against_a_local_token_service(token_service: RangeServer) -> None:
+    from range_dist.stac.search import sign_scene
+
+    signed = [sign_scene(_blob_scene(f"S2_{i}")) for i in range(3)]
+    for scene in signed:
+        assert not scene.sign  # marked as signed: the chip reader will not sign again
+        assert all(href.endswith("?sv=2024&sig=local") for _, href in scene.hrefs)
+        assert scene.scl_href.endswith("/SCL.tif?sv=2024&sig=local")
+    assert token_service.requests["sas/sentinel2l2a01/sentinel2-l2"] == 1  # one token per container, cached
+    local = SceneRef("L", "c", "2022-06-01", 1.0, "05.09", False, (("B04", "http://127.0.0.1:1/B04.tif"),),
+                     "http://127.0.0.1:1/SCL.tif", sign=True)
+    assert sign_scene(local).hrefs == local.hrefs  # only Azure blob storage is signed
+
+
+def test_signing_failures_are_stac_errors(token_service: RangeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from range_dist.stac.search import sign_scene
+
+    token_service.fail_next["sentinel2-l2"] = [403]
+    with pytest.raises(StacError, match=r"signing the assets of S2_X failed.*token service http://127\.0\.0\.1"):
+        sign_scene(_blob_scene("S2_X"))
+    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # as if the package were not installed
+    with pytest.raises(StacError, match="pip install planetary-computer"):
+        sign_scene(_blob_scene("S2_Y"))

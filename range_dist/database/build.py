@@ -16,6 +16,7 @@ tasks/actors (:mod:`range_dist.executors.ray_build`):
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +34,7 @@ from range_dist.errors import ChipReadError, ConfigError, RangeDistError, StacEr
 from range_dist.sampling import Locations, read_locations
 from range_dist.stac.presets import PRESETS
 from range_dist.stac.scenes import SceneRef
-from range_dist.stac.search import SearchConfig, searcher_for
+from range_dist.stac.search import SearchConfig, group_by_cell, searcher_for
 
 FAILURE_REASONS = ("no_scene", "too_cloudy", "nodata", "http_error", "corrupt_file", "stac_error", "encoder_error")
 
@@ -66,6 +67,10 @@ class BuildConfig:
         gdal: extra GDAL settings (name, value).
         overwrite: replace an existing database instead of resuming.
         limit: only the first ``limit`` locations (tests, benchmarks).
+        search_group_deg: None (default) searches each location on its own; a cell size in degrees
+            orders the work by cell and searches once per cell of each batch (its bounding box), then
+            gives each location the items whose footprint contains it: far fewer API requests for
+            dense location sets.
         extra: test hooks (``sleep_after_batch`` seconds).
     """
 
@@ -95,6 +100,7 @@ class BuildConfig:
     gdal: tuple[tuple[str, str], ...] = ()
     overwrite: bool = False
     limit: int | None = None
+    search_group_deg: float | None = None
     extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -116,6 +122,8 @@ class BuildConfig:
             raise ConfigError(f"executor {self.executor!r}: expected local or ray")
         if Path(self.out).suffix != ".zarr":
             raise ConfigError(f"--out {self.out}: the database store must end in .zarr")
+        if self.search_group_deg is not None and not 0 < self.search_group_deg <= 10:
+            raise ConfigError(f"search_group_deg {self.search_group_deg}: a cell size in (0, 10] degrees, or unset")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -210,13 +218,21 @@ def _read_with_retries(scene: SceneRef, lon: float, lat: float, config: BuildCon
     raise last
 
 
-def fetch_chip(location_id: str, lon: float, lat: float, config: BuildConfig) -> ChipOutcome:
-    """Search, read and judge one location's chip; every failure becomes an outcome with a reason."""
+def fetch_chip(location_id: str, lon: float, lat: float, config: BuildConfig,
+               scenes: Sequence[SceneRef] | StacError | None = None) -> ChipOutcome:
+    """Search, read and judge one location's chip; every failure becomes an outcome with a reason.
+
+    Args:
+        scenes: candidates already found by a grouped search (or its error); None searches here.
+    """
     base = ChipOutcome(location_id, (lon, lat))
-    try:
-        scenes = searcher_for(config.search_config()).search(lon, lat)
-    except StacError as exc:
-        return replace(base, reason="stac_error", detail=str(exc))
+    if scenes is None:
+        try:
+            scenes = searcher_for(config.search_config()).search(lon, lat)
+        except StacError as exc:
+            scenes = exc
+    if isinstance(scenes, StacError):
+        return replace(base, reason="stac_error", detail=str(scenes))
     if not scenes:
         return replace(base, reason="no_scene",
                        detail=f"no scene with cloud cover <= {config.max_cloud}% in {config.datetime}")
@@ -239,10 +255,23 @@ def fetch_chip(location_id: str, lon: float, lat: float, config: BuildConfig) ->
 
 def read_batch(batch: Sequence[tuple[str, float, float]], config: BuildConfig, threads: int = 1) -> list[ChipOutcome]:
     """:func:`fetch_chip` over a batch of (location id, lon, lat), ``threads`` at a time, in order."""
+    found: list[Sequence[SceneRef] | StacError | None] = [None] * len(batch)
+    if config.search_group_deg is not None:
+        searcher = searcher_for(config.search_config())
+        for group in group_by_cell([(lon, lat) for _, lon, lat in batch], config.search_group_deg):
+            if len(group) < 2:
+                continue
+            try:
+                per_point = searcher.search_many([(batch[i][1], batch[i][2]) for i in group])
+            except StacError as exc:
+                per_point = [exc] * len(group)  # type: ignore[list-item]
+            for i, scenes in zip(group, per_point):
+                found[i] = scenes
+    jobs = [(i, lon, lat, scenes) for (i, lon, lat), scenes in zip(batch, found)]
     if threads <= 1:
-        return [fetch_chip(i, lon, lat, config) for i, lon, lat in batch]
+        return [fetch_chip(i, lon, lat, config, scenes) for i, lon, lat, scenes in jobs]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda t: fetch_chip(t[0], t[1], t[2], config), batch))
+        return list(pool.map(lambda t: fetch_chip(t[0], t[1], t[2], config, t[3]), jobs))
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -332,8 +361,13 @@ class BuildPlan:
     attrs: Mapping[str, Any]
 
     def batches(self) -> list[list[tuple[str, float, float]]]:
+        todo = list(self.todo)
+        cell = self.config.search_group_deg
+        if cell is not None:  # batches of nearby locations, so that grouped searches cover several
+            lonlat = self.locations.lonlat
+            todo.sort(key=lambda i: (math.floor(lonlat[i, 1] / cell), math.floor(lonlat[i, 0] / cell), i))
         rows = [(self.locations.ids[i], float(self.locations.lonlat[i, 0]), float(self.locations.lonlat[i, 1]))
-                for i in self.todo]
+                for i in todo]
         size = self.config.batch_size
         return [rows[i : i + size] for i in range(0, len(rows), size)]
 

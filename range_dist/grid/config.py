@@ -48,6 +48,8 @@ class GridJobConfig:
             sample of the grid's own points before the run; see :mod:`range_dist.fast_mode`).
         tolerance: the fast mode's bound on ``||fast - exact|| / ||exact||`` per cell and β.
         validation_points: cells in each of the fast mode's two validation samples.
+        precision: matrix products on GPU actors: ``fp32`` (default), ``tf32`` or ``bf16`` (float32
+            softmax statistics in all); CPU actors always use float32.
         extra: testing knobs, not part of the YAML schema (``kill_after_tiles`` injects actor deaths).
     """
 
@@ -75,6 +77,7 @@ class GridJobConfig:
     mode: str = "exact"
     tolerance: float | None = None
     validation_points: int = 256
+    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,8 @@ class GridJobConfig:
             if self.db_shards > 1:
                 raise ConfigError(f"mode=fast with db_shards={self.db_shards}: shards merge exact statistics; "
                                   "use db_shards=1 (replicas) with the fast mode")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ConfigError(f"precision={self.precision!r}: use fp32, tf32 or bf16 (GPU actors only)")
         if self.validation_points < 16:
             raise ConfigError(f"validation_points={self.validation_points}: expected >= 16")
         if Path(self.out).suffix != ".zarr":

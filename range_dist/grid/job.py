@@ -179,6 +179,7 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
         "chunk_size": config.chunk_size,
         "feature_dim": feature_dim,
         "retrieval_mode": config.mode,
+        "precision": config.precision,
         "tolerance": config.tolerance if config.mode == "fast" else None,
     }
     west, south, east, north = (float(grid.lon[0] - grid.resolution / 2), float(grid.lat[-1] - grid.resolution / 2),
@@ -204,6 +205,8 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
         "range_dist:grid": grid.describe(),
         "range_dist:land_mask": "global-land-mask (30 arc-second), cell centres" if config.land_only else "none",
         "range_dist:retrieval_mode": config.mode,
+        "range_dist:precision": f"{config.precision} matrix products on GPU actors, fp32 on CPU actors; "
+                                "float32 softmax statistics",
         "proj:code": "EPSG:4326",
         "spatial:dimensions": ["lat", "lon"],
         "spatial:shape": list(grid.shape),
@@ -219,6 +222,7 @@ def build_plan(config: GridJobConfig, log: Any = sys.stderr) -> GridPlan:
         "geoemb:feature_layout": FEATURE_LAYOUT,
     }
     payload = EncoderPayload.from_models(location, database, config.variant, config.memory_budget_mb)
+    payload = replace(payload, precision=config.precision)
     if config.mode == "fast":
         fast_plan = plan_fast_mode(config, payload, log)
         payload = replace(payload, fast_plan=fast_plan, betas=tuple(config.betas))

@@ -47,6 +47,7 @@ class EncoderPayload:
         memory_budget_mb: per-worker bound on retrieval working memory.
         fast_plan: the validated fast-mode plan (None: exact mode), for the β levels ``betas``.
         betas: the run's β levels (the plan was validated for them).
+        precision: matrix-product precision on CUDA actors (``fp32``, ``tf32``, ``bf16``); CPU actors use fp32.
     """
 
     location_config: SatCLIPLocationConfig
@@ -58,6 +59,7 @@ class EncoderPayload:
     memory_budget_mb: float = 512.0
     fast_plan: FastPlan | None = None
     betas: tuple[float, ...] = ()
+    precision: str = "fp32"
 
     @classmethod
     def from_models(cls, location: SatCLIPLocationEncoder, database: RetrievalDatabase, variant: str,
@@ -72,7 +74,7 @@ class EncoderPayload:
         location.load_state_dict({k: torch.tensor(v) for k, v in self.location_state.items()})
         db = self.database if shard is None else self.database.select(slice(*shard))
         encoder = RangeEncoder(location, db, self.variant, device, tau_sem=self.tau_sem, tau_geo=self.tau_geo,
-                               memory_budget_mb=self.memory_budget_mb)
+                               memory_budget_mb=self.memory_budget_mb, precision=self.precision)
         if self.fast_plan is not None:
             encoder.use_plan(self.fast_plan, self.betas)
         return encoder

@@ -19,11 +19,18 @@ How it is computed (and why it is exact):
 * Partials from disjoint row ranges (chunks, shards on other actors) merge exactly:
   ``S = Σ_i S_i·exp(m_i - m)``, the same for the weighted sums.
 * H_sem and H_geo are computed once; K β levels are K cheap blends.
+
+Precision (``RetrievalSettings.precision``): ``fp32`` everywhere by default. On a CUDA device,
+``tf32`` lets the score and values products use TF32 tensor cores, and ``bf16`` additionally feeds
+the values product (the dominant one) bf16 weights and values with a float32 result; the scores,
+exponentials and softmax statistics stay float32 in every mode, since a bf16 score (8 bits of
+mantissa at |score| <= τ = 40) would move the weights by up to 15 %.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -32,6 +39,8 @@ import numpy.typing as npt
 import torch
 
 Variant = Literal["range", "range+"]
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 #: Published temperatures (RANGE_FACTS.md): RANGE τ_sem = 15; RANGE+ τ_sem = 12, τ_geo = 40.
 VARIANTS: dict[str, tuple[float, float | None]] = {"range": (15.0, None), "range+": (12.0, 40.0)}
@@ -52,6 +61,8 @@ class RetrievalSettings:
             RANGE+ run whose β are all 1 (or all 0) needs only one head.
         query_chunk: queries per block (rows of the score matrices).
         db_chunk: database rows per block (columns of the score matrices).
+        precision: ``fp32`` (default), ``tf32`` or ``bf16`` matrix products (see the module notes;
+            on CPU, tf32 is the same as fp32 and bf16 is emulated, slowly, for testing).
     """
 
     variant: Variant = "range+"
@@ -60,6 +71,7 @@ class RetrievalSettings:
     heads: tuple[str, ...] = ("sem", "geo")
     query_chunk: int = 512
     db_chunk: int = 4096
+    precision: Precision = "fp32"
 
     @classmethod
     def for_variant(
@@ -142,6 +154,15 @@ class DeviceDatabase:
     @property
     def rows(self) -> int:
         return int(self.keys.shape[0])
+
+    @property
+    def values_bf16(self) -> torch.Tensor:
+        """(M, D + 1) bf16 copy of ``values_aug`` for the bf16 values product (made once, kept)."""
+        cached = self.__dict__.get("_values_bf16")
+        if cached is None or cached.shape != self.values_aug.shape:
+            cached = self.values_aug.to(torch.bfloat16)
+            self.__dict__["_values_bf16"] = cached
+        return cached
 
     @property
     def value_dim(self) -> int:
@@ -240,6 +261,40 @@ def retrieve_partials(
     Returns:
         Partials for ``settings.heads`` over all rows of ``db``.
     """
+    with tf32_matmuls(settings.precision != "fp32" and db.device.type == "cuda"):
+        return _retrieve_partials(q_hat, q_xyz, db, settings)
+
+
+@contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Allow TF32 tensor cores for float32 CUDA matrix products inside the block (restored after)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _values_product(acc: torch.Tensor, weights: torch.Tensor, db: DeviceDatabase, start: int, stop: int,
+                    precision: str) -> None:
+    """acc += weights · values_aug[start:stop] (float32 accumulator; bf16 inputs when asked)."""
+    if precision != "bf16":
+        acc.addmm_(weights, db.values_aug[start:stop])
+        return
+    w16 = weights.to(torch.bfloat16)
+    if acc.device.type == "cuda":  # bf16 tensor cores, float32 result (no bf16 rounding of the sums)
+        acc.add_(torch.mm(w16, db.values_bf16[start:stop], out_dtype=torch.float32))
+    else:  # CPU emulation for tests: the same rounded inputs, products summed in float32
+        acc.addmm_(w16.float(), db.values_bf16[start:stop].float())
+
+
+def _retrieve_partials(
+    q_hat: torch.Tensor, q_xyz: torch.Tensor, db: DeviceDatabase, settings: RetrievalSettings
+) -> Partials:
     heads = settings.heads
     n_heads, n = len(heads), q_hat.shape[0]
     taus = [settings.tau(h) for h in heads]
@@ -270,7 +325,7 @@ def retrieve_partials(
             block.sub_(new_shift.unsqueeze(1))
             shift = new_shift
         block.exp_()
-        acc.addmm_(block, db.values_aug[start:stop])
+        _values_product(acc, block, db, start, stop, settings.precision)
     acc = acc.view(n_heads, n, width)
     return Partials(heads, shift.view(n_heads, n), acc[:, :, -1].contiguous(), acc[:, :, :-1])
 

@@ -69,7 +69,8 @@ def scene_from_item(item: Mapping[str, Any], sign: bool = False) -> SceneRef:
 def select_candidates(scenes: Iterable[SceneRef], max_cloud: float, limit: int) -> list[SceneRef]:
     """The best ``limit`` scenes: cloud cover ≤ ``max_cloud`` %, least cloudy first, then newest.
 
-    Scenes without a cloud cover are kept last. Duplicated item ids are dropped.
+    Scenes without a cloud cover are kept last. Duplicated item ids are dropped. Remaining ties go by
+    item id, so the choice does not depend on the order in which an API returned the items.
     """
     seen: set[str] = set()
     kept: list[SceneRef] = []
@@ -80,6 +81,7 @@ def select_candidates(scenes: Iterable[SceneRef], max_cloud: float, limit: int) 
         if scene.cloud_cover == scene.cloud_cover and scene.cloud_cover > max_cloud:
             continue
         kept.append(scene)
+    kept.sort(key=lambda s: s.item_id)
     kept.sort(key=lambda s: s.datetime, reverse=True)
     kept.sort(key=lambda s: (s.cloud_cover != s.cloud_cover, s.cloud_cover if s.cloud_cover == s.cloud_cover else 0))
     return kept[:limit]
