@@ -3,7 +3,9 @@
 For each database size (random keys 256-d, random values 1024-d, rows uniform on the sphere; random
 values are the worst case for the PCA basis, so the fast mode's gain here comes from interpolation)
 and each set of β levels, on one dense tile of the grid job (``--tile`` × ``--tile`` cells at
-``--resolution`` degrees), with a SatCLIP location encoder of random weights (L=10, capacity 256):
+``--resolution`` degrees; ``--sparse``: as many random points over the globe), with a SatCLIP
+location encoder of random weights (L = ``--legendre-polys``, default 10, capacity 256, exact
+harmonics):
 
 * exact: ``RangeEncoder.encode`` (SatCLIP encoding + retrieval + copy out), best of ``--reps``;
   its retrieval rate as a fraction of this machine's fp32 matrix-product rate, measured in the same
@@ -100,6 +102,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--legendre-polys", type=int, default=10,
+                        help="SatCLIP harmonics degree L (published: 40; higher = less smooth semantic head)")
+    parser.add_argument("--sparse", action="store_true",
+                        help="random points over the globe (as many as the tile) instead of the dense tile")
     return parser.parse_args(argv)
 
 
@@ -108,11 +114,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    location = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=10, capacity=256, embed_dim=KEY_DIM))
+    location = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=args.legendre_polys, capacity=256,
+                                                            embed_dim=KEY_DIM, harmonics="exact"))
     points = tile_points(args.tile, args.resolution)
+    if args.sparse:
+        rng = np.random.default_rng(args.seed + 1)
+        points = np.stack([rng.uniform(-180, 180, len(points)),
+                           np.degrees(np.arcsin(rng.uniform(-1, 1, len(points))))], axis=1)
     beta_sets = [tuple(float(b) for b in s.split(",")) for s in args.betas_sets.split("/")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; tile {args.tile}x{args.tile} at "
-          f"{args.resolution}° = {len(points)} points; tolerance {args.tolerance:g}")
+    where = "random over the globe" if args.sparse else f"a {args.tile}x{args.tile} tile at {args.resolution}°"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(points)} points ({where}); "
+          f"SatCLIP L={args.legendre_polys}; tolerance {args.tolerance:g}")
     rate = matmul_rate()
     print(f"fp32 matmul rate (torch.mm 2048²): {rate:.0f} GFLOP/s")
     header = ("| rows | β | exact pts/s | exact / matmul | fast pts/s | fast / exact | plan s | "

@@ -77,8 +77,9 @@ def test_batch_size_invariance(location_encoder, sample_db, budget_mb: float, db
     base = RangeEncoder(location_encoder, sample_db).encode(pts, BETAS)
     other = RangeEncoder(location_encoder, sample_db, db_chunk=db_chunk, memory_budget_mb=budget_mb)
     np.testing.assert_allclose(other.encode(pts, BETAS), base, atol=1e-6, rtol=0)
-    # a point's embedding does not depend on its batch companions
-    np.testing.assert_allclose(other.encode(pts[5:6], BETAS)[:, 0], base[:, 5], atol=1e-6, rtol=0)
+    # a point's embedding does not depend on its batch companions (up to float32 summation order: a
+    # single row takes another BLAS kernel, which on some CPUs moves values of ~1 by ~20 ulp)
+    np.testing.assert_allclose(other.encode(pts[5:6], BETAS)[:, 0], base[:, 5], atol=5e-6, rtol=0)
 
 
 def test_block_size_respects_memory_budget(location_encoder, sample_db) -> None:
