@@ -146,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             fast_s, fast_out = best_of(args.reps, lambda f=fast, b=betas: f.encode(points, b))
             actual = float(relative_errors(torch.from_numpy(fast_out), torch.from_numpy(exact_out)).max())
             what = f"rank {plan.value_rank}, " + ", ".join(f"{h} {s}°" for h, s in sorted(plan.spacing.items()))
+            assert fast.fast is not None
+            checks = fast.fast.stats
+            what += (f"; checks: {checks.refinements} refinements, "
+                     f"{checks.direct_heads}/{checks.direct_heads + checks.interpolated_heads} heads direct")
             lines.append(
                 f"| {rows:,} | {len(betas)} | {len(points) / exact_s:,.0f} | {gflops / rate:.2f} | "
                 f"{len(points) / fast_s:,.0f} | {exact_s / fast_s:.1f}× | {plan_s:.1f} | {plan.measured_error:.1e} | "

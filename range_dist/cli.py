@@ -7,6 +7,7 @@ exit code 2 (no traceback); other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -170,6 +171,9 @@ def _embed_points(args: argparse.Namespace) -> int:
         "database_rows": db.rows,
         "harmonics": location.config.harmonics,
     }
+    if encoder.fast is not None:
+        attrs["fast_checks"] = dataclasses.asdict(encoder.fast.stats)
+        print(encoder.fast.stats.summary())
     write_embeddings(out, points, betas, embeddings, attrs, overwrite=args.overwrite)
     print(f"embedded {len(points)} points x {len(betas)} β levels in {wall:.1f} s "
           f"({len(points) / max(wall, 1e-9):,.0f} points/s); wrote {out} {embeddings.shape}")

@@ -7,7 +7,7 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
    selection sample (the basis is orthonormal, so the error is the norm of the dropped
    coefficients of the weighted averages). The smallest rank within a quarter of the tolerance.
 2. Per head, the coarsest lattice spacing whose interpolation error, measured on the selection
-   sample, is within a quarter of the tolerance (spacings predicted from error ∝ h³, then checked).
+   sample, is within a quarter of the tolerance (spacings predicted from error ∝ h^TAPS, then checked).
 3. A final check of everything together on a second, disjoint sample of the run's points; the plan
    is refused (``ToleranceError``) when that error exceeds the tolerance, or when no approximation
    fits at all (the fast mode would then only be the exact mode).
@@ -15,14 +15,17 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
 The check is a sample bound, not a guarantee for every point; the report says how many points it
 saw. The PCA part also has a worst-case bound (``FastPlan.pca_worst_case``).
 
-While embedding, a head is interpolated only for calls whose lattice stencils need fewer nodes than
-half the points (dense grids, tiles); sparse calls compute that head directly, which is more exact.
+While embedding, a head is interpolated only for calls whose lattice nodes and check points cost
+less than the points themselves (dense grids, tiles); sparse calls compute it directly. Every
+interpolated head is then checked in the call: evaluated exactly at the centre and edge midpoints
+of each lattice cell holding points, its error relative to the call's smallest embedding norm must
+stay within the component share, or the call moves to a finer lattice, down to computing directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,10 +52,60 @@ if TYPE_CHECKING:
 #: Share of the tolerance given to each approximation when choosing it (the rest is headroom for
 #: their sum and for points outside the sample).
 COMPONENT_SHARE = 0.25
-#: Interpolate a head in a call only when its stencils need fewer lattice nodes than this many per point.
-NODES_PER_POINT = 0.5
+#: Interpolate a head in a call only when its lattice nodes and check points number fewer than this
+#: many per point (each costs about what a point computed directly costs).
+LATTICE_COST_RATIO = 0.8
 #: Default size of each of the two validation samples.
 VALIDATION_POINTS = 256
+
+
+@dataclass
+class FastStats:
+    """What the per-call checks saw (summed over calls).
+
+    Attributes:
+        interpolated_heads: (call, head) pairs interpolated and passing their check.
+        direct_heads: (call, head) pairs computed directly (sparse points, or a check never passed).
+        refinements: checks failed and retried at a finer spacing.
+        checked_points: check points evaluated exactly (:data:`CHECK_FRACTIONS` per touched lattice cell).
+        max_checked_error: the largest passing check error (relative to the embedding's norm).
+    """
+
+    interpolated_heads: int = 0
+    direct_heads: int = 0
+    refinements: int = 0
+    checked_points: int = 0
+    max_checked_error: float = 0.0
+
+    def summary(self) -> str:
+        return (f"fast mode checks: {self.interpolated_heads} interpolated head(s) passed their per-cell check "
+                f"(largest error {self.max_checked_error:.2e}, {self.checked_points:,} points evaluated, "
+                f"{self.refinements} refinement(s)); {self.direct_heads} computed directly")
+
+    def merge(self, other: FastStats) -> None:
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, max(mine, theirs) if f.name == "max_checked_error" else mine + theirs)
+
+
+#: Where each touched lattice cell is checked, as fractions of the cell (x, y): its centre, where
+#: tensor-product interpolation errs most, and the midpoints of its four edges, where the error of
+#: one axis alone peaks (shared with the neighbouring cells, so evaluated once).
+CHECK_FRACTIONS = ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5), (1.0, 0.5), (0.5, 1.0))
+
+
+def check_points(lonlat: npt.NDArray[np.float64], spacing: float) -> npt.NDArray[np.float64]:
+    """(c, 2) (lon, lat) check points (:data:`CHECK_FRACTIONS`) of the lattice cells holding the points."""
+    cells = np.unique(np.floor(np.stack([(lonlat[:, 0] + 180.0) / spacing, (lonlat[:, 1] + 90.0) / spacing],
+                                        axis=1)), axis=0)
+    points = np.unique(np.concatenate([cells + np.array(frac) for frac in CHECK_FRACTIONS]), axis=0)
+    lon = (-180.0 + points[:, 0] * spacing + 180.0) % 360.0 - 180.0
+    lat = np.clip(-90.0 + points[:, 1] * spacing, -90.0, 90.0)
+    return np.stack([lon, lat], axis=1)
+
+
+#: Check points of a call's lattice cells, (c, 2) degrees, and a head interpolated there, (c, C).
+Checkpoints = tuple[npt.NDArray[np.float64], torch.Tensor]
 
 
 class FastRetriever:
@@ -66,6 +119,7 @@ class FastRetriever:
     def __init__(self, encoder: RangeEncoder, plan: FastPlan) -> None:
         self.encoder = encoder
         self.plan = plan
+        self.stats = FastStats()
         db = encoder.db
         if plan.basis is None:
             self.db = db
@@ -84,43 +138,102 @@ class FastRetriever:
                                     settings).averages() for s in range(0, q_hat.shape[0], settings.query_chunk)]
         return list(torch.cat(blocks, dim=1))
 
-    def head_averages(
-        self, lonlat: npt.NDArray[np.float64], q_hat: torch.Tensor, xyz: torch.Tensor, settings: RetrievalSettings,
-        force: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """(n, C) averages per head (C = PCA rank or D), interpolated where the plan and density allow.
+    def interpolated(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
+                     settings: RetrievalSettings) -> torch.Tensor:
+        """(n, C) ``head`` at the points, interpolated from exact values on the lattice of ``spacing``."""
+        stencils = lattice_stencils(lonlat, spacing)
+        node_q, node_xyz = self.encoder.query_features(stencils.nodes)
+        (node_avg,) = self._retrieve((head,), node_q, node_xyz, settings)
+        return interpolate(node_avg, stencils)
+
+    def _lattice_pays(self, spacing: float, lonlat: npt.NDArray[np.float64]) -> bool:
+        """Whether nodes + check points cost less than computing the points directly (with a margin)."""
+        nodes = len(lattice_stencils(lonlat, spacing).nodes)
+        return nodes + len(check_points(lonlat, spacing)) < LATTICE_COST_RATIO * len(lonlat)
+
+    def _checked_lattice(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
+                         settings: RetrievalSettings) -> tuple[torch.Tensor, Checkpoints]:
+        """``head`` interpolated at the points and at the check points of their cells (one node set)."""
+        points = check_points(lonlat, spacing)
+        values = self.interpolated(head, spacing, np.concatenate([lonlat, points]), settings)
+        return values[: len(lonlat)], (points, values[len(lonlat) :])
+
+    def _check(self, head: str, checks: Checkpoints, settings: RetrievalSettings, weights: torch.Tensor,
+               norms: torch.Tensor) -> float:
+        """Largest relative error of the interpolated ``head`` over the check points of the call's cells.
 
         Args:
-            lonlat: (n, 2) query locations (degrees).
-            q_hat, xyz: (n, K) and (n, 3) query features on the device.
-            settings: retrieval settings of the run (heads, τ, chunks).
-            force: interpolate every planned head whatever the density (validation).
+            checks: the check points and the interpolated values there.
+            weights: (B,) the head's weight at each β.
+            norms: (B,) the smallest embedding norm of the call's points at each β.
         """
-        averages: dict[str, torch.Tensor] = {}
-        direct: list[str] = []
-        for head in settings.heads:
-            spacing = self.plan.spacing.get(head)
-            if spacing is not None:
-                stencils = lattice_stencils(lonlat, spacing)
-                if force or len(stencils.nodes) < NODES_PER_POINT * len(lonlat):
-                    node_q, node_xyz = self.encoder.query_features(stencils.nodes)
-                    (node_avg,) = self._retrieve((head,), node_q, node_xyz, settings)
-                    averages[head] = interpolate(node_avg, stencils)
-                    continue
-            direct.append(head)
-        if direct:
-            averages.update(zip(direct, self._retrieve(tuple(direct), q_hat, xyz, settings)))
-        return averages
+        points, approx = checks
+        q, xyz = self.encoder.query_features(points)
+        (exact,) = self._retrieve((head,), q, xyz, settings)
+        self.stats.checked_points += len(points)
+        # an orthonormal PCA basis keeps norms: the coefficient error is the value error
+        worst = float((approx - exact).double().norm(dim=1).max())
+        return float((weights * worst / norms).max())
 
     def embed(
         self, lonlat: npt.NDArray[np.float64], q_hat: torch.Tensor, xyz: torch.Tensor, betas: Sequence[float],
         settings: RetrievalSettings, force: bool = False,
     ) -> torch.Tensor:
-        """(B, n, D + K) fast embeddings of one batch of queries."""
-        averages = self.head_averages(lonlat, q_hat, xyz, settings, force)
-        basis = self.plan.basis
-        reconstruct = None if basis is None else basis.reconstruct
-        return blend_heads(averages, q_hat, betas, self.encoder.variant, reconstruct)
+        """(B, n, D + K) fast embeddings of one batch of queries.
+
+        Heads planned for interpolation are interpolated when the lattice costs less than the points;
+        each is then checked (:meth:`_check`) against the smallest embedding norm of the call and, if
+        the check fails, recomputed at the next finer spacing of the ladder, down to directly.
+
+        Args:
+            lonlat: (n, 2) query locations (degrees).
+            q_hat, xyz: (n, K) and (n, 3) query features on the device.
+            betas: β levels.
+            settings: retrieval settings of the run (heads, τ, chunks).
+            force: interpolate every planned head at its planned spacing, whatever the density and
+                without checks (the planner's measurement of the plan itself).
+        """
+        variant = self.encoder.variant
+        reconstruct = None if self.plan.basis is None else self.plan.basis.reconstruct
+        spacing = {h: s for h, s in self.plan.spacing.items()
+                   if h in settings.heads and head_weights(variant, betas, h).max() > 0
+                   and (force or self._lattice_pays(s, lonlat))}
+        averages: dict[str, torch.Tensor] = {}
+        checks: dict[str, Checkpoints] = {}
+        for head, h in spacing.items():
+            if force:
+                averages[head] = self.interpolated(head, h, lonlat, settings)
+            else:
+                averages[head], checks[head] = self._checked_lattice(head, h, lonlat, settings)
+        direct = tuple(h for h in settings.heads if h not in averages)
+        if direct:
+            averages.update(zip(direct, self._retrieve(direct, q_hat, xyz, settings)))
+        out = blend_heads(averages, q_hat, betas, variant, reconstruct)
+        if force or not spacing:
+            self.stats.direct_heads += len(direct)
+            return out
+        norms = out.double().norm(dim=-1).amin(dim=1) * (1.0 - self.plan.tolerance)  # (B,), of the approximation
+        budget = COMPONENT_SHARE * self.plan.tolerance
+        changed = False
+        for head, h in spacing.items():
+            weights = torch.as_tensor(head_weights(variant, betas, head), dtype=torch.float64, device=norms.device)
+            finer = [x for x in SPACING_LADDER[head] if x < h]
+            while True:
+                error = self._check(head, checks[head], settings, weights, norms)
+                if error <= budget:
+                    self.stats.interpolated_heads += 1
+                    self.stats.max_checked_error = max(self.stats.max_checked_error, error)
+                    break
+                self.stats.refinements += 1
+                changed = True
+                if not finer or not self._lattice_pays(finer[0], lonlat):
+                    (averages[head],) = self._retrieve((head,), q_hat, xyz, settings)
+                    direct += (head,)
+                    break
+                h = finer.pop(0)
+                averages[head], checks[head] = self._checked_lattice(head, h, lonlat, settings)
+        self.stats.direct_heads += len(direct)
+        return blend_heads(averages, q_hat, betas, variant, reconstruct) if changed else out
 
 
 def _sample(points: npt.NDArray[np.float64], size: int, seed: int) -> tuple[npt.NDArray[np.float64], ...]:
@@ -209,8 +322,7 @@ def plan_fast(
             ladder = SPACING_LADDER[head]
             step: float | None = ladder[0]
             while step is not None:
-                trial = FastRetriever(encoder, replace(plan, spacing={head: step}))
-                approx = trial.head_averages(selection, q_hat, xyz, replace(settings, heads=(head,)), force=True)[head]
+                approx = retriever.interpolated(head, step, selection, settings)
                 if basis is not None:
                     diff = basis.reconstruct(approx) - basis.reconstruct(reference[h_index])
                 else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from range_dist.cube.store import (
 )
 from range_dist.database.store import RetrievalDatabase
 from range_dist.errors import ConfigError
-from range_dist.fast_mode import plan_fast
+from range_dist.fast_mode import FastStats, plan_fast
 from range_dist.grid.config import GridJobConfig
 from range_dist.grid.spec import GridSpec, TileKey, iter_tiles, land_mask
 from range_dist.grid.tiles import EncoderPayload, TileResult
@@ -245,8 +245,13 @@ class RunReport:
     startup_seconds: float = 0.0
     parallel_workers: int = 1
     executor: str = "local"
+    fast_checks: FastStats | None = None
 
     def add(self, result: TileResult) -> None:
+        if result.fast_checks is not None:
+            if self.fast_checks is None:
+                self.fast_checks = FastStats()
+            self.fast_checks.merge(result.fast_checks)
         if result.status == TILE_SKIPPED:
             self.tiles_skipped += 1
         else:
@@ -275,6 +280,7 @@ class RunReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.__dict__,
+            "fast_checks": None if self.fast_checks is None else asdict(self.fast_checks),
             "points_per_second": round(self.points_per_second, 1),
             "kernel_points_per_second": round(self.kernel_points_per_second, 1),
             "write_mb_per_second": round(
@@ -291,6 +297,7 @@ class RunReport:
             f"{d['points_per_second']:,.0f} points/s (kernel "
             f"{d['kernel_points_per_second']:,.0f} points/s on {self.parallel_workers} worker(s)); "
             f"{self.bytes_written / 2**20:,.1f} MiB written ({d['write_mb_per_second']} MiB/s); cube: {store}"
+            + ("" if self.fast_checks is None else "\n" + self.fast_checks.summary())
         )
 
 

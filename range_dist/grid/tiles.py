@@ -19,6 +19,7 @@ from range_dist.cube.store import TILE_COMPUTED, TILE_SKIPPED, write_tile
 from range_dist.database.store import RetrievalDatabase
 from range_dist.encoder import RangeEncoder
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
+from range_dist.fast_mode import FastStats
 from range_dist.grid.spec import GridSpec, TileKey, land_mask, tile_lonlat
 from range_dist.retrieval.engine import Partials, blend, merge_partials
 from range_dist.retrieval.plan import FastPlan
@@ -33,6 +34,7 @@ class TileResult:
     points: int
     kernel_seconds: float
     bytes_written: int
+    fast_checks: FastStats | None = None
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,14 @@ def embed_and_write_tile(
     if not mask.any():
         write_tile(store, tile, None, TILE_SKIPPED)
         return TileResult(tile, TILE_SKIPPED, 0, 0.0, 0)
+    if encoder.fast is not None:  # this tile's own check statistics
+        encoder.fast.stats = FastStats()
     start = time.perf_counter()
     emb = encoder.encode(lonlat[mask], betas, dtype=dtype)
     kernel = time.perf_counter() - start
     written = write_tile(store, tile, _scatter(tile, mask, emb), TILE_COMPUTED)
-    return TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written)
+    checks = None if encoder.fast is None else encoder.fast.stats
+    return TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written, checks)
 
 
 def tile_partials(

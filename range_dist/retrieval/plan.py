@@ -10,14 +10,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.retrieval.fast import ValueBasis
+from range_dist.retrieval.fast import TAPS, ValueBasis
 
 #: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
 RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Candidate lattice spacings (degrees, each divides 360), coarsest first.
 SPACING_LADDER = {
-    "geo": (10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.25),
-    "sem": (2.0, 1.5, 1.0, 0.75, 0.5, 0.25, 0.2, 0.1, 0.05),
+    "geo": (15.0, 12.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.25),
+    "sem": (4.0, 3.0, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.4, 0.25, 0.2, 0.1, 0.05),
 }
 
 
@@ -57,7 +57,7 @@ class FastPlan:
             "measured_error": self.measured_error,
             "validation_points": self.validation_points,
             "value_rank": self.value_rank,
-            "interpolated_heads": {head: {"spacing_deg": h, "kernel": "Catmull-Rom 4x4"}
+            "interpolated_heads": {head: {"spacing_deg": h, "kernel": f"Lagrange {TAPS}x{TAPS} (degree {TAPS - 1})"}
                                    for head, h in sorted(self.spacing.items())},
             "component_errors": dict(sorted(self.component_errors.items())),
             "pca_worst_case_bound": self.pca_worst_case,
@@ -100,8 +100,8 @@ def rank_errors(
 
 
 def next_spacing(ladder: Sequence[float], spacing: float, error: float, target: float) -> float | None:
-    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h³)."""
-    predicted = spacing * (target / error) ** (1.0 / 3.0) * 0.9 if error > 0 else spacing
+    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h^TAPS)."""
+    predicted = spacing * (target / error) ** (1.0 / TAPS) * 0.9 if error > 0 else spacing
     finer = [h for h in ladder if h < spacing]
     if not finer:
         return None
