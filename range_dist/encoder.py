@@ -23,6 +23,7 @@ from range_dist.retrieval.engine import (
     Partials,
     RetrievalSettings,
     blend,
+    blend_heads,
     merge_partials,
     retrieve_partials,
 )
@@ -215,16 +216,16 @@ class RangeEncoder:
         for start in range(0, len(points), LOCATION_BATCH):
             batch = points[start : start + LOCATION_BATCH]
             q_hat, xyz = self.query_features(batch)
-            if self.fast is not None:  # interpolation works on the whole batch (its lattice nodes are shared)
-                emb = self.fast.embed(batch, q_hat, xyz, betas, settings)
-                out[:, start : start + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
-                if on_progress is not None:
-                    on_progress(int(emb.shape[1]))
-                continue
+            # fast mode: the heads of the whole batch at once (its lattice nodes are shared), then blocks
+            averages = None if self.fast is None else self.fast.head_averages(batch, q_hat, xyz, betas, settings)
             for qs in range(0, q_hat.shape[0], settings.query_chunk):
                 block = slice(qs, qs + settings.query_chunk)
-                stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)
-                emb = blend(stats, q_hat[block], betas, self.variant)
+                if averages is not None and self.fast is not None:
+                    emb = blend_heads({h: a[block] for h, a in averages.items()}, q_hat[block], betas, self.variant,
+                                      self.fast.reconstruct)
+                else:
+                    stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)
+                    emb = blend(stats, q_hat[block], betas, self.variant)
                 out[:, start + qs : start + qs + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
                 if on_progress is not None:
                     on_progress(int(emb.shape[1]))

@@ -24,7 +24,7 @@ stay within the component share, or the call moves to a finer lattice, down to c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
@@ -179,7 +179,20 @@ class FastRetriever:
         self, lonlat: npt.NDArray[np.float64], q_hat: torch.Tensor, xyz: torch.Tensor, betas: Sequence[float],
         settings: RetrievalSettings, force: bool = False,
     ) -> torch.Tensor:
-        """(B, n, D + K) fast embeddings of one batch of queries.
+        """(B, n, D + K) fast embeddings of one batch of queries (see :meth:`head_averages`)."""
+        averages = self.head_averages(lonlat, q_hat, xyz, betas, settings, force)
+        return blend_heads(averages, q_hat, betas, self.encoder.variant, self.reconstruct)
+
+    @property
+    def reconstruct(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Maps (n, r) PCA coefficients to (n, D) values; None without a PCA basis."""
+        return None if self.plan.basis is None else self.plan.basis.reconstruct
+
+    def head_averages(
+        self, lonlat: npt.NDArray[np.float64], q_hat: torch.Tensor, xyz: torch.Tensor, betas: Sequence[float],
+        settings: RetrievalSettings, force: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """(n, C) averages per head (C = PCA rank or D) of one batch of queries, checked.
 
         Heads planned for interpolation are interpolated when the lattice costs less than the points;
         each is then checked (:meth:`_check`) against the smallest embedding norm of the call and, if
@@ -194,7 +207,6 @@ class FastRetriever:
                 without checks (the planner's measurement of the plan itself).
         """
         variant = self.encoder.variant
-        reconstruct = None if self.plan.basis is None else self.plan.basis.reconstruct
         spacing = {h: s for h, s in self.plan.spacing.items()
                    if h in settings.heads and head_weights(variant, betas, h).max() > 0
                    and (force or self._lattice_pays(s, lonlat))}
@@ -208,13 +220,12 @@ class FastRetriever:
         direct = tuple(h for h in settings.heads if h not in averages)
         if direct:
             averages.update(zip(direct, self._retrieve(direct, q_hat, xyz, settings)))
-        out = blend_heads(averages, q_hat, betas, variant, reconstruct)
         if force or not spacing:
             self.stats.direct_heads += len(direct)
-            return out
-        norms = out.double().norm(dim=-1).amin(dim=1) * (1.0 - self.plan.tolerance)  # (B,), of the approximation
+            return averages
+        norms = embedding_norms(averages, q_hat, betas, variant, self.plan.basis).amin(dim=1)  # (B,)
+        norms = norms * (1.0 - self.plan.tolerance)  # of the approximation: a little smaller to be safe
         budget = COMPONENT_SHARE * self.plan.tolerance
-        changed = False
         for head, h in spacing.items():
             weights = torch.as_tensor(head_weights(variant, betas, head), dtype=torch.float64, device=norms.device)
             finer = [x for x in SPACING_LADDER[head] if x < h]
@@ -225,7 +236,6 @@ class FastRetriever:
                     self.stats.max_checked_error = max(self.stats.max_checked_error, error)
                     break
                 self.stats.refinements += 1
-                changed = True
                 if not finer or not self._lattice_pays(finer[0], lonlat):
                     (averages[head],) = self._retrieve((head,), q_hat, xyz, settings)
                     direct += (head,)
@@ -233,7 +243,35 @@ class FastRetriever:
                 h = finer.pop(0)
                 averages[head], checks[head] = self._checked_lattice(head, h, lonlat, settings)
         self.stats.direct_heads += len(direct)
-        return blend_heads(averages, q_hat, betas, variant, reconstruct) if changed else out
+        return averages
+
+
+def embedding_norms(averages: dict[str, torch.Tensor], q_hat: torch.Tensor, betas: Sequence[float], variant: str,
+                    basis: ValueBasis | None) -> torch.Tensor:
+    """(B, n) float64 norms of the embeddings ``[H_β | q̂]`` without forming them.
+
+    ``H_β = Σ_h w_h(β)·(μ + c_h·U_rᵀ)`` (or ``Σ_h w_h(β)·a_h`` without a basis), so its squared norm
+    comes from the heads' per-point Gram scalars: ``||μ||² + 2 c_β·(U_rᵀμ) + ||c_β||²`` (U_r is
+    orthonormal), with ``c_β = Σ_h w_h c_h``. That is O(n·C) work and no (B, n, D) buffer.
+    """
+    heads = list(averages)
+    a = {h: averages[h].double() for h in heads}
+    gram = {(h, k): (a[h] * a[k]).sum(dim=1) for i, h in enumerate(heads) for k in heads[i:]}
+    q_sq = q_hat.double().square().sum(dim=1)
+    if basis is not None:
+        offset = torch.as_tensor(basis.components.T @ basis.mean, dtype=torch.float64, device=q_sq.device)
+        mean_dot = {h: a[h] @ offset for h in heads}
+        mean_sq = float(np.dot(basis.mean.astype(np.float64), basis.mean.astype(np.float64)))
+    out = torch.empty((len(betas), q_sq.shape[0]), dtype=torch.float64, device=q_sq.device)
+    for b, beta in enumerate(betas):
+        w = {h: float(head_weights(variant, [beta], h)[0]) for h in heads}
+        sq = q_sq.clone()
+        for (h, k), g in gram.items():
+            sq += (1.0 if h == k else 2.0) * w[h] * w[k] * g
+        if basis is not None:
+            sq += mean_sq + 2.0 * sum(w[h] * mean_dot[h] for h in heads)
+        out[b] = sq.clamp_min(0.0).sqrt()
+    return out
 
 
 def _sample(points: npt.NDArray[np.float64], size: int, seed: int) -> tuple[npt.NDArray[np.float64], ...]:

@@ -15,8 +15,10 @@ from range_dist.cli import main
 from range_dist.database.store import RetrievalDatabase as Database
 from range_dist.encoders.satclip import SatCLIPLocationEncoder
 from range_dist.errors import ConfigError, ToleranceError
+from range_dist.fast_mode import embedding_norms
 from range_dist.grid.config import GridJobConfig
 from range_dist.grid.job import build_plan, run_plan
+from range_dist.retrieval.engine import blend_heads
 from range_dist.retrieval.fast import fit_value_basis, interpolate, lattice_stencils, max_row_residual, node_lonlat
 from range_dist.retrieval.plan import rank_errors, relative_errors
 from tests.helpers import random_points
@@ -115,6 +117,22 @@ def test_rank_errors_equal_the_direct_truncation_error() -> None:
     assert float(errors[rank]) == pytest.approx(float(direct), rel=1e-4)
     assert float(errors[64]) == 0.0
     assert max_row_residual(values, truncated) >= float(errors[rank])  # the worst-case bound holds
+
+
+@pytest.mark.parametrize("with_basis", [False, True])
+@pytest.mark.parametrize(("variant", "heads"), [("range+", ("sem", "geo")), ("range", ("sem",))])
+def test_embedding_norms_without_forming_the_embeddings(with_basis: bool, variant: str, heads: tuple) -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(200, 32)).astype(np.float32) + 2.0
+    basis = fit_value_basis(values).truncated(12) if with_basis else None
+    width = 12 if with_basis else 32
+    averages = {h: torch.from_numpy(rng.normal(size=(7, width)).astype(np.float32)) for h in heads}
+    q_hat = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(7, 5)).astype(np.float32)), dim=1)
+    betas = (0.0, 0.3, 1.0)
+    reconstruct = None if basis is None else basis.reconstruct
+    expected = blend_heads(averages, q_hat, betas, variant, reconstruct).double().norm(dim=-1)
+    torch.testing.assert_close(embedding_norms(averages, q_hat, betas, variant, basis), expected, rtol=1e-5,
+                               atol=1e-5)
 
 
 # ---------------------------------------------------------------- fast vs exact
