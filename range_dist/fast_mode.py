@@ -34,8 +34,15 @@ import torch
 
 from range_dist.coords import validate_lonlat
 from range_dist.errors import ConfigError, ToleranceError
-from range_dist.retrieval.engine import RetrievalSettings, blend_heads, retrieve_partials
-from range_dist.retrieval.fast import ValueBasis, fit_value_basis, interpolate, lattice_stencils, max_row_residual
+from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend_heads, retrieve_partials
+from range_dist.retrieval.fast import (
+    Stencils,
+    ValueBasis,
+    fit_value_basis,
+    interpolate,
+    lattice_stencils,
+    max_row_residual,
+)
 from range_dist.retrieval.plan import (
     RANK_LADDER,
     SPACING_LADDER,
@@ -132,30 +139,28 @@ class FastRetriever:
 
     def _retrieve(self, heads: tuple[str, ...], q_hat: torch.Tensor, xyz: torch.Tensor,
                   settings: RetrievalSettings) -> list[torch.Tensor]:
-        """(n, C) averages of ``heads`` at the queries, computed directly, in query blocks."""
-        settings = replace(settings, heads=heads)
-        blocks = [retrieve_partials(q_hat[s : s + settings.query_chunk], xyz[s : s + settings.query_chunk], self.db,
-                                    settings).averages() for s in range(0, q_hat.shape[0], settings.query_chunk)]
-        return list(torch.cat(blocks, dim=1))
+        return retrieve_averages(self.db, heads, q_hat, xyz, settings)
 
-    def interpolated(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
-                     settings: RetrievalSettings) -> torch.Tensor:
-        """(n, C) ``head`` at the points, interpolated from exact values on the lattice of ``spacing``."""
-        stencils = lattice_stencils(lonlat, spacing)
+    def _interpolate(self, head: str, stencils: Stencils, settings: RetrievalSettings) -> torch.Tensor:
+        """(n, C) ``head`` at the stencils' queries, from exact values at their lattice nodes."""
         node_q, node_xyz = self.encoder.query_features(stencils.nodes)
         (node_avg,) = self._retrieve((head,), node_q, node_xyz, settings)
         return interpolate(node_avg, stencils)
 
-    def _lattice_pays(self, spacing: float, lonlat: npt.NDArray[np.float64]) -> bool:
-        """Whether nodes + check points cost less than computing the points directly (with a margin)."""
-        nodes = len(lattice_stencils(lonlat, spacing).nodes)
-        return nodes + len(check_points(lonlat, spacing)) < LATTICE_COST_RATIO * len(lonlat)
+    def interpolated(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
+                     settings: RetrievalSettings) -> torch.Tensor:
+        """(n, C) ``head`` at the points, interpolated from exact values on the lattice of ``spacing``."""
+        return self._interpolate(head, lattice_stencils(lonlat, spacing), settings)
 
     def _checked_lattice(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
-                         settings: RetrievalSettings) -> tuple[torch.Tensor, Checkpoints]:
-        """``head`` interpolated at the points and at the check points of their cells (one node set)."""
+                         settings: RetrievalSettings) -> tuple[torch.Tensor, Checkpoints] | None:
+        """``head`` interpolated at the points and at the check points of their cells (one node set);
+        None when nodes and check points would cost about as much as the points computed directly."""
         points = check_points(lonlat, spacing)
-        values = self.interpolated(head, spacing, np.concatenate([lonlat, points]), settings)
+        stencils = lattice_stencils(np.concatenate([lonlat, points]), spacing)
+        if len(stencils.nodes) + len(points) >= LATTICE_COST_RATIO * len(lonlat):
+            return None
+        values = self._interpolate(head, stencils, settings)
         return values[: len(lonlat)], (points, values[len(lonlat) :])
 
     def _check(self, head: str, checks: Checkpoints, settings: RetrievalSettings, weights: torch.Tensor,
@@ -208,15 +213,18 @@ class FastRetriever:
         """
         variant = self.encoder.variant
         spacing = {h: s for h, s in self.plan.spacing.items()
-                   if h in settings.heads and head_weights(variant, betas, h).max() > 0
-                   and (force or self._lattice_pays(s, lonlat))}
+                   if h in settings.heads and head_weights(variant, betas, h).max() > 0}
         averages: dict[str, torch.Tensor] = {}
         checks: dict[str, Checkpoints] = {}
-        for head, h in spacing.items():
+        for head, h in list(spacing.items()):
             if force:
                 averages[head] = self.interpolated(head, h, lonlat, settings)
+                continue
+            lattice = self._checked_lattice(head, h, lonlat, settings)
+            if lattice is None:
+                del spacing[head]
             else:
-                averages[head], checks[head] = self._checked_lattice(head, h, lonlat, settings)
+                averages[head], checks[head] = lattice
         direct = tuple(h for h in settings.heads if h not in averages)
         if direct:
             averages.update(zip(direct, self._retrieve(direct, q_hat, xyz, settings)))
@@ -236,12 +244,12 @@ class FastRetriever:
                     self.stats.max_checked_error = max(self.stats.max_checked_error, error)
                     break
                 self.stats.refinements += 1
-                if not finer or not self._lattice_pays(finer[0], lonlat):
+                lattice = self._checked_lattice(head, finer.pop(0), lonlat, settings) if finer else None
+                if lattice is None:
                     (averages[head],) = self._retrieve((head,), q_hat, xyz, settings)
                     direct += (head,)
                     break
-                h = finer.pop(0)
-                averages[head], checks[head] = self._checked_lattice(head, h, lonlat, settings)
+                averages[head], checks[head] = lattice
         self.stats.direct_heads += len(direct)
         return averages
 
@@ -274,6 +282,16 @@ def embedding_norms(averages: dict[str, torch.Tensor], q_hat: torch.Tensor, beta
     return out
 
 
+def retrieve_averages(db: DeviceDatabase, heads: tuple[str, ...], q_hat: torch.Tensor, xyz: torch.Tensor,
+                      settings: RetrievalSettings) -> list[torch.Tensor]:
+    """(n, C) softmax averages of each of ``heads`` over ``db`` at the queries, in query blocks."""
+    settings = replace(settings, heads=heads)
+    step = settings.query_chunk
+    blocks = [retrieve_partials(q_hat[s : s + step], xyz[s : s + step], db, settings).averages()
+              for s in range(0, q_hat.shape[0], step)]
+    return list(torch.cat(blocks, dim=1))
+
+
 def _sample(points: npt.NDArray[np.float64], size: int, seed: int) -> tuple[npt.NDArray[np.float64], ...]:
     """Two disjoint samples (selection, check) of ``size`` points each, or all points twice if too few."""
     if len(points) < 2 * size:
@@ -286,9 +304,7 @@ def _exact(encoder: RangeEncoder, lonlat: npt.NDArray[np.float64], settings: Ret
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Query features and exact (H, n, D) head averages."""
     q_hat, xyz = encoder.query_features(lonlat)
-    blocks = [retrieve_partials(q_hat[s : s + settings.query_chunk], xyz[s : s + settings.query_chunk], encoder.db,
-                                settings).averages() for s in range(0, len(lonlat), settings.query_chunk)]
-    return q_hat, xyz, torch.cat(blocks, dim=1)
+    return q_hat, xyz, torch.stack(retrieve_averages(encoder.db, settings.heads, q_hat, xyz, settings))
 
 
 def choose_rank(
@@ -360,11 +376,8 @@ def plan_fast(
             ladder = SPACING_LADDER[head]
             step: float | None = ladder[0]
             while step is not None:
-                approx = retriever.interpolated(head, step, selection, settings)
-                if basis is not None:
-                    diff = basis.reconstruct(approx) - basis.reconstruct(reference[h_index])
-                else:
-                    diff = approx - reference[h_index]
+                # an orthonormal PCA basis keeps norms: the coefficient error is the value error
+                diff = retriever.interpolated(head, step, selection, settings) - reference[h_index]
                 error = float((weight[:, None] * diff.double().norm(dim=-1)[None, :] / norms).max())
                 if error <= target:
                     spacing[head] = step
