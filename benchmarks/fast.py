@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -32,6 +31,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
+from retrieval import matmul_rate, peak_rss_mib, sphere_lonlat  # benchmarks/retrieval.py, beside this script
 
 from range_dist.database.store import RetrievalDatabase
 from range_dist.encoder import RangeEncoder
@@ -40,23 +40,6 @@ from range_dist.retrieval.plan import relative_errors
 
 KEY_DIM, VALUE_DIM = 256, 1024
 T = TypeVar("T")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def matmul_rate(size: int = 2048, reps: int = 10) -> float:
-    """Best GFLOP/s of ``torch.mm`` of two size×size fp32 matrices."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    out = torch.empty(size, size)
-    best = float("inf")
-    for _ in range(reps + 1):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best / 1e9
 
 
 def tile_points(size: int, resolution: float, west: float = 0.0, south: float = 40.0) -> npt.NDArray[np.float64]:
@@ -69,10 +52,7 @@ def tile_points(size: int, resolution: float, west: float = 0.0, south: float = 
 
 def random_database(rows: int, seed: int) -> RetrievalDatabase:
     rng = np.random.default_rng(seed)
-    v = rng.normal(size=(rows, 3))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    locs = np.stack([np.degrees(np.arctan2(v[:, 1], v[:, 0])), np.degrees(np.arcsin(v[:, 2]))], axis=1)
-    return RetrievalDatabase(locs, rng.normal(size=(rows, KEY_DIM)).astype(np.float32),
+    return RetrievalDatabase(sphere_lonlat(rows, rng), rng.normal(size=(rows, KEY_DIM)).astype(np.float32),
                              rng.normal(size=(rows, VALUE_DIM)).astype(np.float32))
 
 

@@ -129,7 +129,9 @@ def _add_mode_arguments(p: argparse.ArgumentParser, default_mode: str | None) ->
                    help="retrieval: exact (default), or fast = approximations validated to --tolerance")
     p.add_argument("--tolerance", type=float, default=None,
                    help="fast mode: largest relative error per point, ||fast - exact|| / ||exact|| (e.g. 1e-3)")
-    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32" if default_mode else None,
+    from range_dist.retrieval.engine import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32" if default_mode else None,
                    help="matrix products on a GPU (default fp32); a CPU always uses fp32")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from range_dist.errors import ConfigError
 from range_dist.grid.spec import BBox, GridSpec
+from range_dist.retrieval.engine import PRECISIONS
 
 DTYPES = ("float16", "float32")
 
@@ -110,8 +111,8 @@ class GridJobConfig:
             if self.db_shards > 1:
                 raise ConfigError(f"mode=fast with db_shards={self.db_shards}: shards merge exact statistics; "
                                   "use db_shards=1 (replicas) with the fast mode")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise ConfigError(f"precision={self.precision!r}: use fp32, tf32 or bf16 (GPU actors only)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: use {', '.join(PRECISIONS)} (GPU actors only)")
         if self.validation_points < 16:
             raise ConfigError(f"validation_points={self.validation_points}: expected >= 16")
         if Path(self.out).suffix != ".zarr":
