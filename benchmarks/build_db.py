@@ -27,8 +27,8 @@ from range_dist.encoders.image import (
     get_spec,
 )
 from range_dist.stac.scenes import scene_from_item
-from tests.s2data import SceneSpec, scene_center, write_scene
-from tests.servers import RangeServer
+from range_dist.testing.servers import RangeServer
+from range_dist.testing.world import SceneSpec, scene_center, write_scene
 
 
 def covering_tile_bytes(path: Path, bounds: tuple[float, float, float, float]) -> int:

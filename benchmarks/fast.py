@@ -34,9 +34,9 @@ import torch
 from retrieval import matmul_rate, peak_rss_mib, sphere_lonlat  # benchmarks/retrieval.py, beside this script
 
 from range_dist.database.store import RetrievalDatabase
-from range_dist.encoder import RangeEncoder
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
-from range_dist.retrieval.plan import relative_errors
+from range_dist.retrieval.encoder import RangeEncoder
+from range_dist.retrieval.fast.plan import relative_errors
 
 KEY_DIM, VALUE_DIM = 256, 1024
 T = TypeVar("T")

@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from range_dist.coords import lonlat_to_xyz
+from range_dist.geo.coords import lonlat_to_xyz
 from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend, retrieve_partials
-from range_dist.retrieval.plan import relative_errors
+from range_dist.retrieval.fast.plan import relative_errors
 
 KEY_DIM, VALUE_DIM = 256, 1024
 

@@ -66,8 +66,8 @@ def main() -> None:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from range_dist.assets import write_sample_assets
-    from range_dist.grid.config import GridJobConfig
-    from range_dist.grid.job import build_plan, run_plan
+    from range_dist.jobs.grid.config import GridJobConfig
+    from range_dist.jobs.grid.plan import build_plan, run_plan
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="range_grid_bench_"))
     assets = write_sample_assets(work / "assets", rows=args.rows)

@@ -47,10 +47,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.coords import lonlat_to_xyz
 from range_dist.database.store import RetrievalDatabase
-from range_dist.encoder import RangeEncoder
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
+from range_dist.geo.coords import lonlat_to_xyz
+from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.retrieval.engine import RetrievalSettings, blend, retrieve_partials
 
 KEY_DIM, VALUE_DIM = 256, 1024

@@ -26,12 +26,12 @@ __all__ = [
 
 if TYPE_CHECKING:
     from range_dist.database.store import RetrievalDatabase
-    from range_dist.encoder import RangeEncoder, encode_sharded
     from range_dist.encoders.checkpoints import load_satclip_location_encoder
+    from range_dist.retrieval.encoder import RangeEncoder, encode_sharded
 
 _LAZY = {
-    "RangeEncoder": "range_dist.encoder",
-    "encode_sharded": "range_dist.encoder",
+    "RangeEncoder": "range_dist.retrieval.encoder",
+    "encode_sharded": "range_dist.retrieval.encoder",
     "RetrievalDatabase": "range_dist.database.store",
     "load_satclip_location_encoder": "range_dist.encoders.checkpoints",
 }

@@ -2,6 +2,6 @@
 
 import sys
 
-from range_dist.cli import main
+from range_dist.cli.main import main
 
 sys.exit(main())

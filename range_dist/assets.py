@@ -15,11 +15,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.coords import lonlat_to_xyz
 from range_dist.database.store import NPZ_KEYS, NPZ_LOCATIONS, NPZ_SAMPLE_NOTE, NPZ_VALUES, RetrievalDatabase
 from range_dist.encoders.checkpoints import save_satclip_checkpoint
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
 from range_dist.errors import AssetError
+from range_dist.geo.coords import lonlat_to_xyz
+from range_dist.geo.sphere import sample_land
 
 SATCLIP_REPO = "microsoft/SatCLIP-ViT16-L40"
 SATCLIP_FILE = "satclip-vit16-l40.ckpt"
@@ -74,24 +75,6 @@ def fetch_published_assets(database: str = "med", cache_dir: Path | None = None)
     return AssetPaths(Path(ckpt), Path(db))
 
 
-def sample_land_locations(count: int, seed: int) -> npt.NDArray[np.float64]:
-    """``count`` (lon, lat) points uniform on the sphere's land (global-land-mask), float64."""
-    from global_land_mask import globe
-
-    rng = np.random.default_rng(seed)
-    found: list[npt.NDArray[np.float64]] = []
-    total = 0
-    while total < count:
-        n = max(1024, 4 * (count - total))
-        lon = rng.uniform(-180.0, 180.0, n)
-        lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))  # equal-area in latitude
-        land = globe.is_land(np.clip(lat, -89.999, 89.999), np.clip(lon, -179.999, 179.999))
-        pts = np.stack([lon[land], lat[land]], axis=1)
-        found.append(pts)
-        total += len(pts)
-    return np.concatenate(found)[:count]
-
-
 def _smooth_field(xyz: npt.NDArray[np.float64], dim: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     """A random multi-scale smooth function of position on the sphere, (N, dim)."""
     parts = []
@@ -112,7 +95,7 @@ def make_sample_database(
     the same "image", so both retrieval heads find spatial structure.
     """
     rng = np.random.default_rng(seed)
-    locs = sample_land_locations(rows, seed)
+    locs = sample_land(rows, np.random.default_rng(seed))
     xyz = lonlat_to_xyz(locs)
     image = _smooth_field(xyz, 128, rng) + 0.3 * rng.normal(size=(rows, 128))
     values = image @ rng.normal(size=(128, value_dim)) / np.sqrt(128) + 0.1 * rng.normal(size=(rows, value_dim))
@@ -149,3 +132,83 @@ def write_sample_assets(
         f"random weights.\n{SAMPLE_DATABASE}: {rows} synthetic rows in the published RANGE npz layout.\n"
     )
     return AssetPaths(ckpt, npz)
+
+
+def cached_published_assets(cache_dir: Path | None = None, database: str = "med") -> AssetPaths | None:
+    """The published assets if ``fetch-assets`` put them in the cache, else None (never downloads)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = Path(cache_dir or default_cache_dir())
+    ckpt = try_to_load_from_cache(SATCLIP_REPO, SATCLIP_FILE, cache_dir=cache)
+    db = try_to_load_from_cache(DATABASE_REPO, DATABASE_FILES[database], cache_dir=cache, repo_type="dataset")
+    if isinstance(ckpt, str) and isinstance(db, str):
+        return AssetPaths(Path(ckpt), Path(db))
+    return None
+
+
+@dataclass(frozen=True)
+class ResolvedAssets:
+    """The checkpoint and database a command will use, and where they come from.
+
+    Attributes:
+        checkpoint, database: the paths.
+        origin: ``given`` (flags), ``published`` (fetched into the cache) or ``sample`` (asked for with
+            ``--sample-assets``: untrained, labelled as such in every output).
+        to_write: sample assets that a real run writes first (a dry run only names them).
+    """
+
+    checkpoint: Path
+    database: Path
+    origin: str
+    to_write: bool = False
+
+    def describe(self) -> str:
+        if self.origin == "sample":
+            state = "to be written" if self.to_write else "present"
+            return f"{SAMPLE_LABEL}: {self.checkpoint} and {self.database} ({state})"
+        return f"{self.origin} assets: {self.checkpoint} and {self.database}"
+
+
+def resolve_assets(satclip: Path | None, db: Path | None, sample_assets: bool = False,
+                   cache_dir: Path | None = None) -> ResolvedAssets:
+    """The checkpoint and database to use: the given paths, else the published ones if fetched, else
+    the untrained samples ONLY when ``sample_assets`` asks for them. Reads the cache; writes nothing.
+
+    Raises:
+        AssetError: a needed asset is neither given nor fetched, and samples were not asked for; the
+            message names ``range-dist fetch-assets``, the cache looked in and ``--sample-assets``.
+    """
+    if satclip is not None and db is not None:
+        return ResolvedAssets(Path(satclip), Path(db), "given")
+    cache = Path(cache_dir or default_cache_dir())
+    published = cached_published_assets(cache)
+    if published is not None:
+        return ResolvedAssets(Path(satclip or published.checkpoint), Path(db or published.database),
+                              "given" if satclip or db else "published")
+    if not sample_assets:
+        missing = " and ".join(n for n, v in (("--satclip", satclip), ("--db", db)) if v is None)
+        raise AssetError(
+            f"no {missing} given and the published assets are not in the cache {cache} "
+            f"($RANGE_DIST_CACHE, default ~/.cache/range_dist). Run `range-dist fetch-assets` first (or pass "
+            f"--satclip CKPT --db DB). For a demo or test on UNTRAINED sample assets, add --sample-assets.")
+    sample_dir = cache / "sample"
+    ckpt, npz = sample_dir / SAMPLE_CHECKPOINT, sample_dir / SAMPLE_DATABASE
+    if satclip is not None or db is not None:
+        raise AssetError("--sample-assets replaces both --satclip and --db; give both paths, or neither")
+    return ResolvedAssets(ckpt, npz, "sample", to_write=not (ckpt.exists() and npz.exists()))
+
+
+def materialize(assets: ResolvedAssets) -> ResolvedAssets:
+    """Write the sample assets a real run needs (no-op for given, published or present assets)."""
+    if not assets.to_write:
+        return assets
+    paths = write_sample_assets(assets.checkpoint.parent)
+    return ResolvedAssets(paths.checkpoint, paths.database, assets.origin)
+
+
+def sample_models(seed: int = 0, rows: int = 2000, legendre_polys: int = 10,
+                  capacity: int = 256) -> tuple[SatCLIPLocationEncoder, RetrievalDatabase]:
+    """The sample assets in memory, as :func:`write_sample_assets` would write them (for dry runs)."""
+    torch.manual_seed(seed)
+    encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=legendre_polys, capacity=capacity))
+    return encoder, make_sample_database(rows, seed)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from range_dist.grid.config import GridJobConfig
-from range_dist.grid.job import build_plan, run_plan
+from range_dist.executors import embed_grid
+from range_dist.jobs.grid.config import GridJobConfig
 
 BETAS = (0.0, 0.5, 1.0)
 
@@ -21,7 +21,7 @@ def make_cube(out: Path, assets: tuple[Path, Path], *, land_only: bool = False, 
     cfg = GridJobConfig(resolution=resolution, betas=BETAS, satclip=ckpt, db=db, out=out, tile_size=6,
                         chunk_size=3, executor="local", land_only=land_only, dtype=dtype)
     with open(os.devnull, "w") as quiet:
-        run_plan(build_plan(cfg, log=quiet), executor="local", log=quiet)
+        embed_grid(cfg, executor="local", log=quiet)
     return out
 
 

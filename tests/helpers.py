@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.coords import lonlat_to_xyz
 from range_dist.database.store import RetrievalDatabase
+from range_dist.geo.coords import lonlat_to_xyz
 
 
 def softmax64(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -27,7 +27,7 @@ def reference_range(
     tau_sem: float | None = None,
     tau_geo: float = 40.0,
 ) -> npt.NDArray[np.float64]:
-    """RANGE / RANGE+ exactly as RANGE_FACTS.md writes it, in float64, one β at a time."""
+    """RANGE / RANGE+ as docs/method.md §Retrieval and §Variants and constants write it, float64, one β at a time."""
     q = location_encoder(torch.from_numpy(lonlat)).double().numpy()
     q_hat = q / np.linalg.norm(q, axis=1, keepdims=True)
     keys = db.keys.astype(np.float64)

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.servers import free_port
+from range_dist.testing.servers import free_port
 
 #: set to 1 to make a missing PostGIS/pgstac a test failure instead of a skip (CI)
 REQUIRE_ENV = "RANGE_DIST_REQUIRE_PGSTAC"

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from range_dist.database.build import BuildConfig
 from range_dist.encoders.checkpoints import save_satclip_checkpoint
 from range_dist.encoders.image import SatMAEConfig, build_satclip_visual, build_satmae, save_satmae_checkpoint
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
-from range_dist.sampling import Locations, write_locations
-from tests.s2data import SceneSpec, scene_center, write_catalog, write_scene
-from tests.servers import RangeServer, RustacServer
+from range_dist.jobs.build.config import BuildConfig
+from range_dist.locations.sampling import Locations, write_locations
+from range_dist.testing.servers import RangeServer, RustacServer
+from range_dist.testing.world import SceneSpec, scene_center, write_catalog, write_scene
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from range_dist.analysis.cli import add_parsers
+from range_dist.cli.analysis import add_parsers
 from range_dist.errors import ConfigError
 from tests.analysis_helpers import make_cube
 

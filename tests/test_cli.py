@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
-from range_dist.cli import main
+from range_dist.cli.main import main
 
 
 def run_cli(*args: str | Path) -> int:

@@ -15,10 +15,10 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     from PIL import Image
 
     from range_dist.analysis.cube import open_cube
-    from range_dist.cli import main
+    from range_dist.cli.main import main
     from range_dist.database import RetrievalDatabase
     from range_dist.demo.run import DEMO_LABEL
-    from range_dist.demo.world import DEMO_REGIONS
+    from range_dist.testing.world import DEMO_REGIONS
 
     out = tmp_path / "demo"
     # the CI budget: 2 locations per scene (16 chips through the real ViT-L/16 SatMAE), a 10° grid, 400-point probes

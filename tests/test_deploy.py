@@ -193,14 +193,14 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _registered() -> dict[str, argparse.ArgumentParser]:
-    from range_dist.cli import build_parser
+    from range_dist.cli.main import build_parser
 
     return _subparsers(build_parser())
 
 
 def _skip_if_pending(subcommand: str | None) -> None:
     if subcommand in PENDING_SUBCOMMANDS and subcommand not in _registered():
-        pytest.skip(f"`{subcommand}` is not registered in range_dist.cli.build_parser() yet "
+        pytest.skip(f"`{subcommand}` is not registered in range_dist.cli.main.build_parser() yet "
                     f"(subcommands now: {', '.join(sorted(_registered()))})")
 
 
@@ -428,7 +428,7 @@ def test_commands_were_found() -> None:
 
 @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[f"{w}:{' '.join(a)}" for w, a in COMMANDS])
 def test_command_parses_with_the_cli(where: str, argv: list[str]) -> None:
-    from range_dist.cli import build_parser
+    from range_dist.cli.main import build_parser
 
     sub = _subcommand(argv)
     _skip_if_pending(sub)
@@ -452,10 +452,10 @@ def test_embed_grid_command_builds_a_job_config(where: str, argv: list[str], mon
     """Config file + flags, merged as the embed-grid handler does, from the repository root (the job's cwd)."""
     _skip_if_pending("embed-grid")
     try:
-        from range_dist.grid.config import GridJobConfig
+        from range_dist.jobs.grid.config import GridJobConfig
     except ImportError as exc:
-        pytest.skip(f"range_dist.grid.config.GridJobConfig is not importable: {exc}")
-    from range_dist.cli import build_parser
+        pytest.skip(f"range_dist.jobs.grid.config.GridJobConfig is not importable: {exc}")
+    from range_dist.cli.main import build_parser
     from range_dist.errors import RangeDistError
 
     config = _option(argv, "--config")
@@ -463,9 +463,10 @@ def test_embed_grid_command_builds_a_job_config(where: str, argv: list[str], mon
         pytest.skip(f"{config} (referenced by {where}) does not exist in the repository yet")
     monkeypatch.chdir(REPO)
     args = build_parser().parse_args(argv)
-    overrides = {name: getattr(args, name, None) for name in GridJobConfig.field_names()}
+    from range_dist.config.schema import from_sources
+
     try:
-        job = GridJobConfig.load(args.config, overrides)
+        job = from_sources(GridJobConfig, yaml_path=args.config, flags=args)
     except RangeDistError as exc:
         pytest.fail(f"{where}: `python -m range_dist {shlex.join(argv)}`: {exc}")
     if where.startswith("deploy/kuberay/"):

@@ -20,8 +20,8 @@ import zarr
 from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
 from range_dist.cube.store import TILE_COMPUTED, TILE_SKIPPED, read_tile_status
 from range_dist.errors import StoreMismatchError
-from range_dist.grid.config import GridJobConfig
-from range_dist.grid.job import build_plan, run_plan
+from range_dist.executors import embed_grid
+from range_dist.jobs.grid.config import GridJobConfig
 
 BETAS = (0.0, 0.5, 1.0)
 
@@ -42,7 +42,7 @@ def config(tmp_path: Path, sample_assets: tuple[Path, Path]) -> GridJobConfig:
 
 
 def _run(cfg: GridJobConfig) -> xr.Dataset:
-    run_plan(build_plan(cfg), executor=cfg.executor)
+    embed_grid(cfg, executor=cfg.executor)
     return xr.open_zarr(cfg.out, decode_coords="all")
 
 
@@ -78,7 +78,7 @@ def test_land_only_skips_ocean_tiles_and_leaves_nan(config: GridJobConfig) -> No
     ds = _run(cfg)
     status = read_tile_status(cfg.out)
     assert (status == TILE_SKIPPED).any() and (status == TILE_COMPUTED).any()
-    from range_dist.grid.spec import land_mask
+    from range_dist.geo.land import land_mask
 
     lat, lon = np.meshgrid(ds.lat.values, ds.lon.values, indexing="ij")
     land = land_mask(np.stack([lon.ravel(), lat.ravel()], axis=1)).reshape(lat.shape)
@@ -93,17 +93,17 @@ def test_mismatched_store_is_refused_and_kept(config: GridJobConfig) -> None:
     _run(config)
     before = zarr.open_array(str(config.out / "embedding"), mode="r")[0, :2, :2, :4]
     with pytest.raises(StoreMismatchError, match=r"betas: store has \[0.0, 0.5, 1.0\], this run \[0.0, 0.25\]"):
-        run_plan(build_plan(replace(config, betas=(0.0, 0.25))), executor="local")
+        embed_grid(replace(config, betas=(0.0, 0.25)), executor="local")
     after = zarr.open_array(str(config.out / "embedding"), mode="r")[0, :2, :2, :4]
     np.testing.assert_array_equal(before, after)
-    report = run_plan(build_plan(replace(config, betas=(0.0, 0.25), overwrite=True)), executor="local")
+    report = embed_grid(replace(config, betas=(0.0, 0.25), overwrite=True), executor="local")
     assert report.tiles_computed == 18
     assert xr.open_zarr(config.out)["beta"].values.tolist() == [0.0, 0.25]
 
 
 def test_rerun_of_finished_store_computes_nothing(config: GridJobConfig) -> None:
     _run(config)
-    report = run_plan(build_plan(config), executor="local")
+    report = embed_grid(config, executor="local")
     assert report.tiles_computed == 0 and report.tiles_already_done == 18
 
 
@@ -120,9 +120,11 @@ def test_ray_sharded_equals_unsharded(config: GridJobConfig, local_ray: None, tm
 
 
 def test_ray_actor_killed_midrun_gives_the_clean_result(config: GridJobConfig, local_ray: None,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clean = _run(config)
-    chaotic_cfg = replace(config, out=tmp_path / "chaos.zarr", executor="ray", extra={"kill_after_tiles": 3})
+    # the test seam (range_dist.util.fault_injection): each actor's first incarnation dies after 3 tiles
+    monkeypatch.setenv("RANGE_DIST_TEST_FAULTS", "kill_after_tiles=3")
+    chaotic_cfg = replace(config, out=tmp_path / "chaos.zarr", executor="ray")
     chaotic = _run(chaotic_cfg)
     _assert_same_cube(clean, chaotic)
     assert (read_tile_status(chaotic_cfg.out) == TILE_COMPUTED).all()
@@ -173,7 +175,7 @@ def test_resume_after_driver_killed(config: GridJobConfig, tmp_path: Path) -> No
     status = read_tile_status(cfg.out)
     done_before = int((status > 0).sum())
     assert 20 <= done_before < status.size
-    report = run_plan(build_plan(replace(cfg, executor="local")), executor="local")
+    report = embed_grid(replace(cfg, executor="local"), executor="local")
     assert report.tiles_already_done == done_before
     assert report.tiles_computed == status.size - done_before  # no finished tile computed twice
     clean = _run(replace(cfg, out=tmp_path / "clean.zarr"))

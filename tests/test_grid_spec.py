@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from range_dist.config.schema import from_sources
 from range_dist.errors import ConfigError
-from range_dist.grid.config import GridJobConfig
-from range_dist.grid.spec import GridSpec, iter_tiles, land_mask, tile_lonlat
+from range_dist.geo.land import land_mask
+from range_dist.grid.spec import GridSpec, iter_tiles, tile_lonlat
+from range_dist.jobs.grid.config import GridJobConfig
 
 
 def test_global_grid_is_north_up_cell_centres() -> None:
@@ -70,7 +72,8 @@ def test_tile_points_row_major_and_land_mask() -> None:
 def test_config_from_yaml_and_flags(tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("resolution: 2\nbetas: [0, 0.5]\nbbox: [0, 0, 20, 20]\nout: x.zarr\nland_only: true\n")
-    cfg = GridJobConfig.load(cfg_file, {"betas": "0.25,1", "tile_size": 8, "chunk_size": 4})
+    flags = {"betas": "0.25,1", "tile_size": "8", "chunk_size": "4"}
+    cfg = from_sources(GridJobConfig, yaml_path=cfg_file, flags=flags)
     assert cfg.betas == (0.25, 1.0) and cfg.resolution == 2.0 and cfg.land_only
     assert cfg.grid.shape == (10, 10)
 
@@ -78,7 +81,7 @@ def test_config_from_yaml_and_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("resolutoin: 1\n", r"unknown key\(s\) \['resolutoin'\]"),
+        ("resolutoin: 1\n", r"unknown setting 'resolutoin' \(did you mean 'resolution'\?\)"),
         ("tile_size: 100\nchunk_size: 32\n", "chunk_size must divide tile_size"),
         ("dtype: int8\n", "dtype='int8'"),
         ("betas: [0, 3]\n", r"3.0 is outside \[0, 1\]"),
@@ -92,10 +95,10 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        GridJobConfig.load(path, {})
+        from_sources(GridJobConfig, yaml_path=path)
 
 
 @pytest.mark.parametrize("name", ["global_1deg", "global_0p25deg", "global_0p1deg"])
 def test_example_configs_load(name: str) -> None:
-    cfg = GridJobConfig.load(Path(__file__).parents[1] / "workflows" / f"{name}.yaml", {})
+    cfg = from_sources(GridJobConfig, yaml_path=Path(__file__).parents[1] / "workflows" / f"{name}.yaml")
     assert cfg.out.suffix == ".zarr" and cfg.grid.points > 0

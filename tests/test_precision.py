@@ -14,7 +14,7 @@ from range_dist import RangeEncoder
 from range_dist.database.store import RetrievalDatabase
 from range_dist.encoders.satclip import SatCLIPLocationEncoder
 from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend, retrieve_partials
-from range_dist.retrieval.plan import relative_errors
+from range_dist.retrieval.fast.plan import relative_errors
 from tests.helpers import random_points, reference_range
 
 BETAS = (0.0, 0.5, 1.0)

@@ -41,7 +41,8 @@ def test_check_values_of_facts() -> None:
         np.testing.assert_allclose(y[:, 0], 0.886226925452758, rtol=1e-14)
     exact = spherical_harmonics(pts, 2, "exact").numpy()
     # Y(1,0) = pi * sqrt(3 / (4 pi)) cos(theta) = sqrt(3 pi) / 2 cos(theta) = 1.53499006... cos(theta)
-    # (RANGE_FACTS.md prints 1.5349900212, off in the 8th digit.)
+    # (docs/method.md §Spherical harmonics; the facts sheet it was written from printed 1.5349900212,
+    # off in the 8th digit.)
     np.testing.assert_allclose(exact[:, 2], math.sqrt(3 * math.pi) / 2 * cos_theta, rtol=1e-14)
     # the published text carries sympy's 15-digit float of sqrt(0.75*pi)
     published = spherical_harmonics(pts, 2, "published").numpy()

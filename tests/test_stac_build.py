@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ from range_dist.chips.radiometry import scene_offset, to_reflectance
 from range_dist.chips.read import chip_geometry, coarse_window, read_chip
 from range_dist.database import RetrievalDatabase
 from range_dist.database.append import failure_table
-from range_dist.database.build import BuildConfig, build_database, judge_chip
 from range_dist.encoders.image import load_image_encoder
 from range_dist.errors import StacError
-from range_dist.sampling import sample_locations, write_locations
+from range_dist.executors import build_database
+from range_dist.jobs.build.steps import judge_chip
+from range_dist.locations.sampling import sample_locations, write_locations
 from range_dist.stac.scenes import SceneRef, scene_from_item, select_candidates
 from range_dist.stac.search import (
     SearchConfig,
@@ -32,8 +34,8 @@ from range_dist.stac.search import (
     item_contains,
     search_parameters,
 )
-from tests.s2data import RESOLUTION, band_pixels, scene_center, write_scene
-from tests.servers import RangeServer
+from range_dist.testing.servers import RangeServer
+from range_dist.testing.world import RESOLUTION, band_pixels, scene_center, write_scene
 from tests.stac_world import World, build_config, make_world
 
 torch.set_num_threads(2)
@@ -74,8 +76,8 @@ def test_window_geometry() -> None:
 
 
 def test_sample_locations_on_land(tmp_path: Path) -> None:
-    from range_dist.grid.spec import land_mask
-    from range_dist.sampling import read_locations
+    from range_dist.geo.land import land_mask
+    from range_dist.locations.sampling import read_locations
 
     locs = sample_locations(200, seed=3)
     assert len(locs) == 200 and land_mask(locs.lonlat).all()
@@ -177,12 +179,15 @@ def test_build_database_end_to_end(world: World, tmp_path: Path) -> None:
 
 def test_resume_after_kill(world: World, tmp_path: Path) -> None:
     out = tmp_path / "killed.zarr"
-    cfg = build_config(world, out, batch_size=1, extra=(("sleep_after_batch", 1.0),))
-    script = ("import sys, pickle; from range_dist.database.build import build_database; "
+    cfg = build_config(world, out, batch_size=1)
+    script = ("import sys, pickle; from range_dist.executors import build_database; "
               "build_database(pickle.loads(bytes.fromhex(sys.argv[1])), quiet=True)")
     import pickle
 
-    proc = subprocess.Popen([sys.executable, "-c", script, pickle.dumps(cfg).hex()], cwd=Path(__file__).parent.parent)
+    # the test seam (range_dist.util.fault_injection): sleep after each batch, so the kill lands between batches
+    env = {**os.environ, "RANGE_DIST_TEST_FAULTS": "sleep_after_batch=1"}
+    proc = subprocess.Popen([sys.executable, "-c", script, pickle.dumps(cfg).hex()], cwd=Path(__file__).parent.parent,
+                            env=env)
     import zarr
 
     deadline = time.time() + 120
@@ -198,17 +203,11 @@ def test_resume_after_kill(world: World, tmp_path: Path) -> None:
     proc.kill()
     proc.wait()
     assert rows >= 1
-    report = build_database(replace_extra(cfg), quiet=True)
+    report = build_database(cfg, quiet=True)
     db = RetrievalDatabase.open(out)
     ids = [str(i) for i in db.provenance["location_id"]]
     assert sorted(ids) == ["loc-clear", "loc-edge", "loc-flaky", "loc-old"]  # each exactly once
     assert report.skipped_done >= 1
-
-
-def replace_extra(cfg: BuildConfig) -> BuildConfig:
-    from dataclasses import replace
-
-    return replace(cfg, extra=())
 
 
 def test_geoparquet_export(tmp_path: Path) -> None:

@@ -21,10 +21,10 @@ import torch
 
 from range_dist.database import RetrievalDatabase
 from range_dist.database.append import failure_table
-from range_dist.database.build import build_database
+from range_dist.executors import build_database
 from range_dist.stac.search import SearchConfig, StacSearcher, group_by_cell, search_parameters
+from range_dist.testing.world import scene_center
 from tests.pgstac_stack import REQUIRE_ENV, PgstacStack, missing_pieces
-from tests.s2data import scene_center
 from tests.stac_world import World, build_config, make_world
 
 torch.set_num_threads(2)

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash workflows/setup_env.sh
 . .venv/bin/activate
-# the same check as range_dist.grid.job.resolve_assets: both files in the huggingface_hub cache, no network
+# the same check as range_dist.jobs.grid.plan.resolve_assets: both files in the huggingface_hub cache, no network
 if python - <<'PY'
 import sys
 from huggingface_hub import hf_hub_download

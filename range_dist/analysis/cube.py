@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.coords import validate_lonlat
 from range_dist.errors import ConfigError, CoordinateError
+from range_dist.geo.coords import validate_lonlat
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +50,10 @@ def _analysis_chunks(path: Path, itemsize: int, feature_dim: int) -> dict[str, i
         arr = zarr.open_array(str(path / "embedding"), mode="r")
         inner = arr.chunks
         shard = arr.shards or inner
-    except Exception:  # not sharded, or an older layout: let xarray decide per dimension
+    # no array at embedding/ (older layout) or unreadable metadata (zarr's NodeNotFoundError and
+    # MetadataValidationError are OSError/ValueError), or a chunk grid that is not regular
+    # (NotImplementedError): let xarray decide per dimension
+    except (OSError, ValueError, NotImplementedError):
         return {"beta": 1, "feature": -1}
     side, best = inner[1], inner[1]
     while side <= shard[1] and side * side * feature_dim * itemsize <= TARGET_CHUNK_BYTES:
@@ -95,7 +98,9 @@ def open_cube(path: str | Path, chunks: dict[str, int] | None = None) -> xr.Data
         raise ConfigError(f"cube {path} does not exist; pass the .zarr store written by `range-dist embed-grid`")
     try:
         ds = _open_zarr(path, None)
-    except Exception as exc:
+    # OSError/ValueError: no Zarr group there (zarr's GroupNotFoundError is both), a corrupt zarr.json or
+    # an unknown codec; KeyError: a Zarr store without the dimension_names xarray needs
+    except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
             f"cube {path} could not be opened as a Zarr store ({type(exc).__name__}: {exc}); pass the .zarr "
             "store written by `range-dist embed-grid`"
@@ -349,16 +354,3 @@ def to_dataframe(samples: xr.DataArray) -> pd.DataFrame:
         "beta": np.repeat(samples["beta"].values, n),
     })
     return pd.concat([head, frame], axis=1)
-
-
-def cube_info(ds: xr.Dataset) -> dict[str, Any]:
-    """Short description of a cube (shape, β, dtype, grid, sample/published assets)."""
-    emb = ds["embedding"]
-    attrs = ds.attrs
-    return {
-        "shape": dict(emb.sizes),
-        "betas": [float(b) for b in ds["beta"].values],
-        "dtype": str(emb.dtype),
-        "variant": attrs.get("range_dist:variant"),
-        "sample_assets": attrs.get("range_dist:sample_assets"),
-    }

@@ -167,15 +167,15 @@ def land_boundary(lat_edges: tuple[float, float], lon_edges: tuple[float, float]
         (height, width) bool: True where a pixel is land and a 4-neighbour is ocean (or the other
         way round, for ocean pixels to the east/south), i.e. a one-pixel coastline.
     """
-    from global_land_mask import globe
+    from range_dist.geo.land import land_mask
 
     h, w = shape
     north, south = lat_edges
     west, east = lon_edges
     lat = north - (np.arange(h) + 0.5) * (north - south) / h
     lon = west + (np.arange(w) + 0.5) * (east - west) / w
-    lon_g, lat_g = np.meshgrid(np.clip(lon, -179.9999, 179.9999), np.clip(lat, -89.9999, 89.9999))
-    land = np.asarray(globe.is_land(lat_g, lon_g), dtype=bool)
+    lon_g, lat_g = np.meshgrid(lon, lat)
+    land = land_mask(np.stack([lon_g.ravel(), lat_g.ravel()], axis=1)).reshape(h, w)
     edge = np.zeros_like(land)
     edge[:-1] |= land[:-1] != land[1:]
     edge[:, :-1] |= land[:, :-1] != land[:, 1:]

@@ -1,6 +1,6 @@
 """Linear probes with the RANGE paper's protocol, and the baseline location encoders.
 
-Protocol (RANGE_FACTS.md, "Evaluation protocol of the paper"), scikit-learn:
+Protocol (docs/method.md §Evaluation protocol), scikit-learn:
 
 * 80/20 train/test split with ``train_test_split(test_size=0.2, random_state=42)`` unless the task
   brings its own test set (the checkerboard);
@@ -14,7 +14,7 @@ Encoders map (N, 2) (lon, lat) degrees to (N, D) features:
 * ``cartesian3d``: the unit vector (cos lat cos lon, cos lat sin lon, sin lat) (SatCLIP ``cartesian3d``);
 * ``wrap``: (cos lon, sin lon, cos lat, sin lat) (SatCLIP ``wrap``, after Mac Aodha et al.);
 * ``satclip``: the SatCLIP location embedding alone (256-d, not normalised);
-* ``range``: RANGE / RANGE+ embeddings from a :class:`~range_dist.encoder.RangeEncoder` at one β;
+* ``range``: RANGE / RANGE+ embeddings from a :class:`~range_dist.retrieval.encoder.RangeEncoder` at one β;
 * ``cube``: RANGE embeddings sampled from a cube at one β (nearest or bilinear);
 * ``geoclip``: GeoCLIP's pretrained location encoder (512-d, input (lat, lon)), only when the
   optional ``geoclip`` package is installed.
@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.coords import lonlat_to_xyz
 from range_dist.errors import ConfigError
+from range_dist.geo.coords import lonlat_to_xyz
 
 if TYPE_CHECKING:
     import torch
 
     from range_dist.analysis.tasks import Task
-    from range_dist.encoder import RangeEncoder
+    from range_dist.retrieval.encoder import RangeEncoder
 
 ALPHAS = (0.1, 1.0, 10.0)
 CLASSIFICATION_FOLDS = 10

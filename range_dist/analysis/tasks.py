@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.coords import lonlat_to_xyz
 from range_dist.errors import ConfigError
+from range_dist.geo.coords import lonlat_to_xyz
+from range_dist.geo.sphere import sample_sphere
 
 GOLDEN_RATIO = (1.0 + math.sqrt(5.0)) / 2.0
 CHECKERBOARD_CLASSES = 16
 DEFAULT_CHECKERBOARD_K = 100
-TASK_NAMES = ("landocean", "koppen", "country", "checkerboard")
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,6 @@ class Task:
         return len(np.unique(labels))
 
 
-def uniform_sphere(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """``n`` (lon, lat) points uniform on the sphere: lon ~ U(-180, 180), sin(lat) ~ U(-1, 1). (n, 2) float64."""
-    lon = rng.uniform(-180.0, 180.0, n)
-    lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
-    return np.stack([lon, lat], axis=1)
-
-
 def _check_size(name: str, value: int, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{name}={value!r}: expected an integer >= {minimum}")
@@ -98,10 +91,10 @@ def landocean_task(size: int = 2000, seed: int = 0) -> Task:
     Returns:
         A classification :class:`Task` split 80/20 by the probe.
     """
-    from range_dist.grid.spec import land_mask
+    from range_dist.geo.land import land_mask
 
     _check_size("size", size, 10)
-    lonlat = uniform_sphere(size, np.random.default_rng(seed))
+    lonlat = sample_sphere(size, np.random.default_rng(seed))
     labels = land_mask(lonlat).astype(np.int64)
     return Task("landocean", "classification", lonlat, labels,
                 description=f"{size} points uniform on the sphere; label = land (global-land-mask) 1 / ocean 0",
@@ -149,7 +142,7 @@ def koppen_task(size: int = 2000, seed: int = 0, min_count: int = 10) -> Task:
     labels: list[npt.NDArray[np.str_]] = []
     total = 0
     while total < size:
-        pts = uniform_sphere(max(1024, 4 * (size - total)), rng)
+        pts = sample_sphere(max(1024, 4 * (size - total)), rng)
         classes = koppen_classes(pts)
         land = classes != "Ocean"
         found.append(pts[land])
@@ -261,7 +254,7 @@ def checkerboard_task(k: int = DEFAULT_CHECKERBOARD_K, n_train: int = 10000, n_t
     """
     _check_size("n_train", n_train, 10)
     support, support_labels = fibonacci_lattice(k, n_classes)
-    train = uniform_sphere(n_train, np.random.default_rng(seed))
+    train = sample_sphere(n_train, np.random.default_rng(seed))
     test, _ = fibonacci_lattice(n_test, n_classes)
     return Task(
         f"checkerboard:{k}", "classification", train, support_labels[nearest_support(train, support)],

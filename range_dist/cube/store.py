@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from range_dist.errors import StoreMismatchError
 from range_dist.grid.spec import GridSpec, TileKey, tile_counts
-from range_dist.jsonable import to_jsonable
+from range_dist.util.jsonable import to_jsonable
 
 TILE_MISSING, TILE_COMPUTED, TILE_SKIPPED = 0, 1, 2
 SIGNATURE_KEY = "range_dist:signature"
@@ -101,6 +101,47 @@ def _signature_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: store has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+@dataclass(frozen=True)
+class ExistingCube:
+    """What is at a cube's path before a run (read-only inspection; see :func:`inspect_cube`).
+
+    Attributes:
+        action: ``create`` (nothing there), ``resume`` (same signature) or ``replace`` (another
+            signature, and the run was given ``overwrite``).
+        tiles_done: tiles already marked done (resume only).
+    """
+
+    action: str
+    tiles_done: int = 0
+
+
+def inspect_cube(path: Path, signature: dict[str, Any], overwrite: bool = False) -> ExistingCube:
+    """Decide what a run will do with ``path``, reading only: create, resume or replace.
+
+    Raises:
+        StoreMismatchError: the path is a file, a folder that is not a range-dist cube (never
+            deleted, even with ``overwrite``), or a cube with another signature without ``overwrite``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return ExistingCube("create")
+    if not path.is_dir():
+        raise StoreMismatchError(f"{path} exists and is a file, not a Zarr store; choose another --out")
+    existing = _read_signature(path)
+    if existing is None:
+        raise StoreMismatchError(
+            f"{path} exists but is not a range-dist cube (no {SIGNATURE_KEY!r} attribute); it is never deleted "
+            "for you: choose another --out, or remove it yourself")
+    if existing == to_jsonable(signature):
+        return ExistingCube("resume", int((read_tile_status(path) != TILE_MISSING).sum()))
+    if not overwrite:
+        diff = "; ".join(_signature_diff(existing, to_jsonable(signature)))
+        raise StoreMismatchError(
+            f"{path} was made with different settings ({diff}). Use another --out, rerun with the original "
+            "settings to resume, or pass --overwrite to replace it.")
+    return ExistingCube("replace")
+
+
 def open_or_create_cube(
     path: Path, layout: CubeLayout, signature: dict[str, Any], attrs: dict[str, Any], overwrite: bool = False
 ) -> npt.NDArray[np.uint8]:
@@ -117,29 +158,17 @@ def open_or_create_cube(
         The completion record (tile_row, tile_col) uint8 as it stands.
 
     Raises:
-        StoreMismatchError: the store exists with another signature (the differences are listed) or
-            is not a range-dist cube, and ``overwrite`` is False.
+        StoreMismatchError: as :func:`inspect_cube`.
     """
     import zarr
     from zarr.codecs import BloscCodec
 
-    signature = to_jsonable(signature)
-    if path.exists():
-        existing = _read_signature(path)
-        if existing == signature:
-            return read_tile_status(path)
-        if not overwrite:
-            if existing is None:
-                raise StoreMismatchError(
-                    f"{path} exists but is not a range-dist cube (no {SIGNATURE_KEY!r} attribute); choose another "
-                    "--out or pass --overwrite to replace it"
-                )
-            diff = "; ".join(_signature_diff(existing, signature))
-            raise StoreMismatchError(
-                f"{path} was made with different settings ({diff}). Use another --out, rerun with the original "
-                "settings to resume, or pass --overwrite to replace it."
-            )
+    state = inspect_cube(path, signature, overwrite)
+    if state.action == "resume":
+        return read_tile_status(path)
+    if state.action == "replace":
         shutil.rmtree(path)
+    signature = to_jsonable(signature)
     ds = _template(layout, {**to_jsonable(attrs), SIGNATURE_KEY: signature})
     b, _, _, f = layout.shape
     c, t = layout.chunk_size, layout.tile_size
@@ -169,11 +198,15 @@ def open_or_create_cube(
 
 def _read_signature(path: Path) -> dict[str, Any] | None:
     import zarr
+    from zarr.errors import ContainsArrayError, GroupNotFoundError
 
     try:
         group = zarr.open_group(str(path), mode="r")
-    except Exception:
+    except (GroupNotFoundError, ContainsArrayError):  # no Zarr group there: not a cube
         return None
+    except (OSError, ValueError, TypeError) as exc:  # unreadable, or a corrupt zarr.json (bad JSON, not an object)
+        raise StoreMismatchError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc}); it is never "
+                                 "deleted for you: choose another --out, or remove it yourself") from exc
     value = group.attrs.get(SIGNATURE_KEY)
     return dict(value) if isinstance(value, dict) else None
 

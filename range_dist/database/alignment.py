@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from range_dist.coords import lonlat_to_xyz
 from range_dist.database.store import RetrievalDatabase
+from range_dist.geo.coords import lonlat_to_xyz
 
 EARTH_RADIUS_KM = 6371.0088
 

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from range_dist.database.store import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION
 from range_dist.errors import DatabaseError, StoreMismatchError
-from range_dist.jsonable import to_jsonable
+from range_dist.util.jsonable import to_jsonable
 
 #: Provenance columns of a built database and their numpy dtypes ("str" = variable-length string).
 PROVENANCE_COLUMNS: dict[str, str] = {
@@ -69,6 +69,57 @@ def _create(group: Any, name: str, shape: tuple[int, ...], dtype: Any, chunk_row
     group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=dims)
 
 
+@dataclass(frozen=True)
+class ExistingDatabase:
+    """What is at a database build's ``--out`` before the run (read-only; see :func:`inspect_database`).
+
+    Attributes:
+        action: ``create`` (nothing there), ``resume`` (same identity settings) or ``replace``
+            (a range-dist database, and the run was given ``overwrite``).
+        rows: committed rows (resume only).
+        done_ids: location ids with a committed row (resume only).
+    """
+
+    action: str
+    rows: int = 0
+    done_ids: frozenset[str] = frozenset()
+
+
+def inspect_database(path: str | Path, attrs: Mapping[str, Any], overwrite: bool = False) -> ExistingDatabase:
+    """Decide what a build will do with ``path``, reading only: create, resume or replace.
+
+    Raises:
+        DatabaseError: the path is a file, or a folder that is not a range-dist database (never
+            deleted, even with ``overwrite``).
+        StoreMismatchError: a database built with other identity settings, without ``overwrite``.
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        return ExistingDatabase("create")
+    if not path.is_dir():
+        raise DatabaseError(f"{path} exists and is a file, not a Zarr database; choose another --out")
+    try:
+        group: Any = zarr.open_group(str(path), mode="r")
+        meta = dict(group.attrs.get(ATTRS_KEY, {}))
+    except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError) as exc:
+        raise DatabaseError(f"{path} exists and is not a Zarr group ({exc}); choose another --out") from exc
+    if meta.get("format") != FORMAT_NAME:
+        raise DatabaseError(f"{path} exists and is not a range-dist database; it is never deleted for you: choose "
+                            "another --out, or remove it yourself")
+    if overwrite:
+        return ExistingDatabase("replace")
+    diffs = [f"{k}: store {meta.get(k)!r} vs run {attrs.get(k)!r}" for k in IDENTITY_KEYS
+             if k in attrs and meta.get(k) != to_jsonable(attrs.get(k))]
+    if diffs:
+        raise StoreMismatchError(f"{path} was built with other settings ({'; '.join(diffs)}); use the same "
+                                 "settings to resume, another --out, or --overwrite")
+    rows = int(meta.get("rows", 0))
+    done = frozenset(str(v) for v in group["location_id"][:rows]) if rows else frozenset()
+    return ExistingDatabase("resume", rows, done)
+
+
 class DatabaseAppender:
     """A Zarr retrieval database being built: open/create, append batches, record failures."""
 
@@ -89,20 +140,12 @@ class DatabaseAppender:
         import zarr
 
         path = Path(path)
-        if path.exists() and not overwrite:
-            group: Any = zarr.open_group(str(path), mode="r+")
-            meta = dict(group.attrs.get(ATTRS_KEY, {}))
-            if meta.get("format") != FORMAT_NAME:
-                raise DatabaseError(f"{path} exists and is not a range-dist database; choose another --out")
-            diffs = [f"{k}: store {meta.get(k)!r} vs run {attrs.get(k)!r}" for k in IDENTITY_KEYS
-                     if k in attrs and meta.get(k) != to_jsonable(attrs.get(k))]
-            if diffs:
-                raise StoreMismatchError(f"{path} was built with other settings ({'; '.join(diffs)}); use the same "
-                                         "settings to resume, another --out, or --overwrite")
-            appender = cls(path, group)
-            appender._truncate(int(meta.get("rows", 0)))
+        state = inspect_database(path, attrs, overwrite)
+        if state.action == "resume":
+            appender = cls(path, zarr.open_group(str(path), mode="r+"))
+            appender._truncate(state.rows)
             return appender
-        if path.exists():
+        if state.action == "replace":
             import shutil
 
             shutil.rmtree(path)

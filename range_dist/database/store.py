@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from range_dist.errors import DatabaseError
-from range_dist.jsonable import to_jsonable
+from range_dist.util.jsonable import to_jsonable
 
 FORMAT_NAME = "range-dist-retrieval-database"
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ ATTRS_KEY = "range_dist_database"
 NPZ_LOCATIONS, NPZ_KEYS, NPZ_VALUES = "locs", "satclip_embeddings", "image_embeddings"
 NPZ_SAMPLE_NOTE = "range_dist_sample_note"  # extra array in sample databases only
 
-#: What the published database's keys and values are (RANGE_FACTS.md).
+#: What the published database's keys and values are (docs/method.md §Published database).
 PUBLISHED_KEY_MODEL = "SatCLIP image encoder (ViT-S/16, L40), 256-d"
 PUBLISHED_VALUE_MODEL = "SatMAE ViT-L/16 fMoW-RGB pretrain, mean patch token, 1024-d"
 

@@ -1,7 +1,7 @@
 """``range-dist demo``: the whole chain offline on a generated sample world.
 
-* :mod:`range_dist.demo.world`: Sentinel-2-like L2A scenes as COGs and their STAC items.
-* :mod:`range_dist.demo.servers`: a Range-capable HTTP file server and a ``rustac serve`` STAC API (127.0.0.1).
+* :mod:`range_dist.testing.world`: Sentinel-2-like L2A scenes as COGs and their STAC items.
+* :mod:`range_dist.testing.servers`: a Range-capable HTTP file server and a ``rustac serve`` STAC API (127.0.0.1).
 * :mod:`range_dist.demo.run`: the orchestration (:func:`~range_dist.demo.run.run_demo`).
 """
 

@@ -6,9 +6,9 @@
    region, served by a local Range-capable HTTP server, and a local STAC API over their items
    (``rustac serve``); both on 127.0.0.1 only.
 3. Locations uniform inside the scenes' footprints, and a database built from them through the
-   real STAC pipeline (:func:`range_dist.database.build.build_database`: search, chip reads over
+   real STAC pipeline (:func:`range_dist.executors.build_database`: search, chip reads over
    HTTP ranges, cloud/nodata checks, SatCLIP keys, SatMAE values, Zarr append).
-4. A global grid embedded at 3 β levels on a local Ray (:func:`range_dist.grid.job.run_plan`),
+4. A global grid embedded at 3 β levels on a local Ray (:func:`range_dist.jobs.grid.run.run_grid`),
    written as a Zarr cube.
 5. A PNG map per β (:func:`range_dist.analysis.maps.render_map`) and a probe table
    (land/ocean and a checkerboard; baselines against the cube).
@@ -184,9 +184,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), log: TextIO = sys.stderr) 
     Returns:
         A :class:`DemoResult` (its ``summary()`` is what ``range-dist demo`` prints).
     """
-    from range_dist.demo.servers import RangeServer, RustacServer
-    from range_dist.demo.world import demo_scenes, locations_in_scenes, write_catalog, write_scene
-    from range_dist.executors.ray_executor import ensure_ray
+    from range_dist.executors import build_database, executor_for
+    from range_dist.testing.servers import RangeServer, RustacServer
+    from range_dist.testing.world import demo_scenes, locations_in_scenes, write_catalog, write_scene
 
     start = time.perf_counter()
     out = Path(settings.out).resolve()
@@ -195,7 +195,6 @@ def run_demo(settings: DemoSettings = DemoSettings(), log: TextIO = sys.stderr) 
     print(f"[demo] {DEMO_LABEL}", file=log)
     http: RangeServer | None = None
     stac: RustacServer | None = None
-    ray_started = False
     try:
         with steps.step("assets", "writing random-weight SatCLIP and SatMAE checkpoints (sample assets)"):
             key_ckpt, value_ckpt = write_demo_checkpoints(out / "assets", settings.satmae_depth, settings.seed)
@@ -211,12 +210,12 @@ def run_demo(settings: DemoSettings = DemoSettings(), log: TextIO = sys.stderr) 
             stac = RustacServer(collection, ndjson)
         print(f"[demo] COGs on {http.url}, STAC API on {stac.url}", file=log)
 
-        from range_dist.sampling import Locations, write_locations
+        from range_dist.locations.sampling import Locations, write_locations
 
         ids, lonlat = locations_in_scenes(specs, settings.per_scene, seed=settings.seed)
         locations = write_locations(Locations(tuple(ids), lonlat), out / "locations.parquet", overwrite=True)
 
-        from range_dist.database.build import BuildConfig, build_database
+        from range_dist.jobs.build.config import BuildConfig
 
         database = out / "database.zarr"
         config = BuildConfig(locations=locations, out=database, stac_url=stac.url, datetime="2022-01-01/2022-12-31",
@@ -230,8 +229,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), log: TextIO = sys.stderr) 
             raise RangeDistError(f"the demo database got no rows ({dict(report.failures)}); see {database}")
         _label_database(database, f"{DEMO_LABEL}; values: {value_model_label(settings.satmae_depth)}")
 
-        from range_dist.grid.config import GridJobConfig
-        from range_dist.grid.job import build_plan, run_plan
+        from range_dist.jobs.grid.config import GridJobConfig
+        from range_dist.jobs.grid.plan import build_plan, load_inputs
+        from range_dist.jobs.grid.run import run_grid
 
         cube = out / "cube.zarr"
         grid_config = GridJobConfig(resolution=settings.resolution, betas=settings.betas, satclip=key_ckpt,
@@ -239,16 +239,10 @@ def run_demo(settings: DemoSettings = DemoSettings(), log: TextIO = sys.stderr) 
                                     executor="ray")
         with steps.step("grid", f"embedding a global {settings.resolution:g}° grid at β={list(settings.betas)} "
                                 "on a local Ray"):
-            ray_started = ensure_ray(None)
-            plan = build_plan(grid_config, log=log)
+            plan = build_plan(grid_config, load_inputs(grid_config, sample=True))
             plan.attrs["range_dist:demo"] = DEMO_LABEL
             plan.attrs["range_dist:value_model"] = value_model_label(settings.satmae_depth)
-            run_plan(plan, executor="ray", log=log)
-        if ray_started:
-            import ray
-
-            ray.shutdown()
-            ray_started = False
+            run_grid(plan, executor_for("ray"), log=log)
 
         from range_dist.analysis.cube import open_cube
         from range_dist.analysis.maps import render_map
@@ -288,10 +282,6 @@ def run_demo(settings: DemoSettings = DemoSettings(), log: TextIO = sys.stderr) 
                 pass
         return result_obj
     finally:
-        if ray_started:
-            import ray
-
-            ray.shutdown()
         if stac is not None:
             stac.stop()
         if http is not None:

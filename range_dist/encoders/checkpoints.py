@@ -11,6 +11,7 @@ Formats:
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,12 @@ from range_dist.errors import CheckpointError
 _LOCATION_PREFIXES = ("model.location.", "location.", "")
 # upstream's names for how the harmonics were computed -> ours
 _HARMONICS_BY_UPSTREAM_NAME: dict[str, HarmonicsMode] = {"analytic": "published", "closed-form": "closed-form"}
+# What torch.load raises on a file it cannot read: a truncated zip (RuntimeError), an empty or cut
+# pickle (EOFError), an unreadable path (OSError), a pickle it refuses or cannot parse (UnpicklingError)
+_UNREADABLE = (RuntimeError, EOFError, OSError, pickle.UnpicklingError)
+# ... and, with weights_only=False, a class the pickle names that is not importable here
+# (ModuleNotFoundError, AttributeError) or text it cannot decode (UnicodeDecodeError, a ValueError)
+_UNREADABLE_FULL_PICKLE = (*_UNREADABLE, ImportError, AttributeError, ValueError)
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -43,7 +50,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         return state, dict(metadata)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+    except pickle.UnpicklingError:  # weights_only refused it (or it is no pickle at all)
         try:
             warnings.warn(
                 f"{path}: not loadable with weights_only=True; loading it as a full pickle. Only do "
@@ -51,16 +58,22 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
                 stacklevel=3,
             )
             raw = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(
-                f"SatCLIP checkpoint {path} could not be read as a torch file ({exc}). Expected a "
-                "Lightning .ckpt or a .safetensors file; re-download it if it is truncated."
-            ) from exc
+        except _UNREADABLE_FULL_PICKLE as exc:
+            raise _unreadable(path, exc) from exc
+    except _UNREADABLE as exc:  # a truncated or empty file: no point in reading it as a full pickle
+        raise _unreadable(path, exc) from exc
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict with 'state_dict', got {type(raw).__name__}")
     state = raw.get("state_dict", raw)
     hparams = raw.get("hyper_parameters", {}) or {}
     return dict(state), dict(hparams)
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"SatCLIP checkpoint {path} could not be read as a torch file ({type(exc).__name__}: {exc}). Expected a "
+        "Lightning .ckpt or a .safetensors file; re-download it if it is truncated."
+    )
 
 
 def _location_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:

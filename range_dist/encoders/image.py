@@ -16,6 +16,7 @@ the same description is written into the database so a mismatched encoder fails 
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -263,8 +264,11 @@ def _read_satmae_state(path: Path) -> dict[str, torch.Tensor]:
         return dict(load_file(str(path)))
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read as a torch file ({exc}); re-download it if truncated") from exc
+    # UnpicklingError: not a pickle, or objects weights_only refuses; RuntimeError: a truncated zip;
+    # EOFError: an empty or cut pickle; OSError: unreadable path
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read as a torch file ({type(exc).__name__}: {exc}); re-download it "
+                              "if truncated") from exc
     if isinstance(raw, Mapping) and "model" in raw:
         raw = raw["model"]
     if not isinstance(raw, Mapping):

@@ -2,9 +2,10 @@
 
 The released SatCLIP weights were trained on harmonics that upstream evaluates from sympy-expanded
 polynomial text (15 significant digits), not from a recurrence. Reproducing those features bit
-for bit means building the same expressions the same way; see ``RANGE_FACTS.md``. This module is
-only needed to (re)generate the shipped table ``data/sh_published.json.gz`` and by the test that
-checks the table against a fresh generation; the encoder itself only reads the table.
+for bit means building the same expressions the same way
+(``docs/method.md §Published harmonics``). This module is only needed to (re)generate the shipped
+table ``data/sh_published.json.gz`` and by the test that checks the table against a fresh
+generation; the encoder itself only reads the table.
 
 Run ``python -m range_dist.encoders.sh_expressions --degrees 40`` to regenerate the table.
 """
@@ -15,10 +16,6 @@ import argparse
 import gzip
 import json
 from pathlib import Path
-
-#: sympy version the shipped table was generated with; a different version may print the same
-#: expressions differently, which the regeneration test would catch.
-SYMPY_VERSION = "1.14.0"
 
 TABLE_PATH = Path(__file__).with_name("data") / "sh_published.json.gz"
 

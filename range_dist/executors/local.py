@@ -1,28 +1,43 @@
-"""Run tiles in this process, one at a time: the reference executor (no Ray)."""
+"""The local executor: tiles and build batches in this process, no Ray (the reference, and for debugging)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from range_dist.grid.spec import TileKey
-from range_dist.grid.tiles import TileResult, embed_and_write_tile, merge_and_write_tile, tile_partials
+from range_dist.jobs.build.plan import BuildPlan
+from range_dist.jobs.build.run import EncodedBatch
+from range_dist.jobs.build.steps import RowEncoder, read_batch
+from range_dist.jobs.grid.plan import GridPlan
+from range_dist.jobs.grid.steps import TileResult, embed_and_write_tile, merge_and_write_tile, tile_partials
 
-if TYPE_CHECKING:
-    from range_dist.grid.job import GridPlan
 
+class LocalExecutor:
+    """Runs every step here, one at a time (chip reads with ``num_readers`` threads)."""
 
-def run_tiles_locally(plan: GridPlan, tiles: Sequence[TileKey]) -> Iterator[TileResult]:
-    """Embed and write ``tiles`` here; with db_shards > 1 the shards are merged as on Ray."""
-    cfg = plan.config
-    grid = plan.layout.grid
-    if cfg.db_shards == 1:
-        encoder = plan.payload.build("cpu")
+    name = "local"
+
+    def run_tiles(self, plan: GridPlan, tiles: Sequence[TileKey], on_result: Callable[[TileResult], None],
+                  log: Any = sys.stderr) -> tuple[int, float]:
+        """Embed and write ``tiles``; with db_shards > 1 the shards are merged as on Ray."""
+        cfg = plan.config
+        grid = plan.layout.grid
+        if cfg.db_shards == 1:
+            encoder = plan.payload.build("cpu")
+            for tile in tiles:
+                on_result(embed_and_write_tile(encoder, grid, tile, cfg.betas, cfg.land_only, cfg.out, cfg.dtype))
+            return 1, 0.0
+        shards = [plan.payload.build("cpu", b) for b in plan.payload.database.shard_bounds(cfg.db_shards)]
         for tile in tiles:
-            yield embed_and_write_tile(encoder, grid, tile, cfg.betas, cfg.land_only, cfg.out, cfg.dtype)
-        return
-    bounds = plan.payload.database.shard_bounds(cfg.db_shards)
-    shards = [plan.payload.build("cpu", b) for b in bounds]
-    for tile in tiles:
-        parts = [tile_partials(enc, grid, tile, cfg.betas, cfg.land_only) for enc in shards]
-        yield merge_and_write_tile(parts, grid, tile, cfg.betas, cfg.variant, cfg.land_only, cfg.out, cfg.dtype)
+            parts = [tile_partials(enc, grid, tile, cfg.betas, cfg.land_only) for enc in shards]
+            on_result(merge_and_write_tile(parts, grid, tile, cfg.betas, cfg.variant, cfg.land_only, cfg.out,
+                                           cfg.dtype))
+        return 1, 0.0
+
+    def encode_batches(self, plan: BuildPlan) -> Iterator[EncodedBatch]:
+        """Read each batch with ``num_readers`` threads and encode it here."""
+        encoder = RowEncoder(plan.config)
+        for batch in plan.batches():
+            yield encoder.encode(read_batch(batch, plan.config, threads=plan.config.num_readers))

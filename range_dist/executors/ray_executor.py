@@ -1,4 +1,8 @@
-"""Run a grid plan's tiles on Ray actors (the only module that imports ray).
+"""The Ray executor: grid tiles on actors and database-build batches on tasks + an encoder actor.
+
+This is the only module of range_dist that imports ray; the jobs say WHAT, this says HOW.
+
+Grid tiles:
 
 Each replica of the database is one actor (``db_shards`` = 1) or a group of ``db_shards`` actors
 that each hold a contiguous slice of the rows; their partial softmax statistics for a tile are
@@ -16,23 +20,31 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
 from range_dist.errors import RangeDistError
 from range_dist.grid.spec import GridSpec, TileKey
-from range_dist.grid.tiles import EncoderPayload, TileResult, embed_and_write_tile, merge_and_write_tile, tile_partials
-
-if TYPE_CHECKING:
-    from range_dist.grid.job import GridPlan
+from range_dist.jobs.build.config import BuildConfig
+from range_dist.jobs.build.plan import BuildPlan, LocationRow
+from range_dist.jobs.build.run import EncodedBatch
+from range_dist.jobs.build.steps import ChipOutcome, RowEncoder, read_batch
+from range_dist.jobs.grid.plan import GridPlan
+from range_dist.jobs.grid.steps import (
+    EncoderPayload,
+    TileResult,
+    embed_and_write_tile,
+    merge_and_write_tile,
+    tile_partials,
+)
+from range_dist.util import fault_injection
 
 MAX_TILE_ATTEMPTS = 3
 ACTOR_MAX_RESTARTS = 3
@@ -63,26 +75,22 @@ def ensure_ray(address: str | None) -> bool:
 class TileWorker:
     """Thin Ray wrapper: holds a RangeEncoder over (a shard of) the database; calls the plain functions."""
 
-    def __init__(self, payload: EncoderPayload, shard: tuple[int, int] | None, device: str, threads: int,
-                 kill_after_tiles: int | None = None) -> None:
+    def __init__(self, payload: EncoderPayload, shard: tuple[int, int] | None, device: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.encoder = payload.build(device, shard)
         self.tiles_done = 0
-        # Fault injection for tests: the first incarnation kills its own process after N tiles.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own accessor
-            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
-        self.kill_after = None if reconstructed else kill_after_tiles
+            self.reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self) -> int:
         return os.getpid()
 
     def _after_tile(self) -> None:
         self.tiles_done += 1
-        if self.kill_after is not None and self.tiles_done >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # dies after writing, before answering
+        fault_injection.after_tile(self.tiles_done, self.reconstructed)  # no-op outside tests
 
     def embed_tile(self, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool,
                    store: str, dtype: str) -> TileResult:
@@ -140,8 +148,9 @@ class _Replica:
         self.actors = [
             # Two calls at a time per actor: one tile's Zarr write (compression, in C, GIL released)
             # overlaps the next tile's compute.
-            TileWorker.options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2).remote(  # type: ignore[attr-defined]
-                payload_ref, b, device, max(1, int(cpus)), cfg.extra.get("kill_after_tiles"))
+            TileWorker.options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2,  # type: ignore[attr-defined]
+                               runtime_env=fault_injection.runtime_env()).remote(
+                payload_ref, b, device, max(1, int(cpus)))
             for b in bounds
         ]
         self.in_flight = 0
@@ -161,7 +170,7 @@ class _Replica:
 
 
 def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callable[[TileResult], None],
-                     log: Any = sys.stderr) -> tuple[int, float]:
+                     address: str | None = None, log: Any = sys.stderr) -> tuple[int, float]:
     """Compute ``tiles`` on Ray actors, calling ``on_result`` as each finishes.
 
     Returns:
@@ -169,7 +178,7 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
     """
     cfg = plan.config
     start = time.perf_counter()
-    started = ensure_ray(cfg.ray_address)
+    started = ensure_ray(address)
     try:
         replicas_n, gpus, cpus, device = _resources(plan)
         print(f"ray: {replicas_n} replica(s) × {cfg.db_shards} actor(s), {cpus} CPU(s) and {gpus:g} GPU(s) "
@@ -219,3 +228,68 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
     finally:
         if started:
             ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- database build
+@ray.remote(num_cpus=0.5, max_retries=3)
+def _read_task(batch: list[LocationRow], config: BuildConfig) -> list[ChipOutcome]:
+    return read_batch(batch, config, threads=2)
+
+
+@ray.remote(max_restarts=2, max_task_retries=2)
+class EncoderActor:
+    """Thin Ray wrapper: holds the key and value encoders; encodes read batches."""
+
+    def __init__(self, config: BuildConfig, threads: int) -> None:
+        self.encoder = RowEncoder(config, threads=threads)
+
+    def encode(self, outcomes: list[ChipOutcome]) -> EncodedBatch:
+        return self.encoder.encode(outcomes)
+
+
+def encode_batches_on_ray(plan: BuildPlan, address: str | None = None) -> Iterator[EncodedBatch]:
+    """Chip reads as tasks (I/O bound, at most ``2 × num_readers`` in flight), encoding on one actor
+    (a GPU when the cluster has one); yields (RowBatch | None, failures) per batch in completion order.
+
+    The driver appends (a single writer, so Zarr appends never race); a batch finished twice by a
+    retried task is deduplicated by the done-id check of the next run's plan.
+    """
+    cfg = plan.config
+    started = ensure_ray(address)
+    try:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        actor = EncoderActor.options(num_cpus=1.0, num_gpus=gpus).remote(cfg, 1)  # type: ignore[attr-defined]
+        pending = deque(plan.batches())
+        reads: list[Any] = []
+        encodes: list[Any] = []
+        max_reads = 2 * cfg.num_readers
+        while pending or reads or encodes:
+            while pending and len(reads) + len(encodes) < max_reads:
+                reads.append(_read_task.remote(pending.popleft(), cfg))
+            ready, _ = ray.wait(reads + encodes, num_returns=1)
+            ref = ready[0]
+            if ref in reads:
+                reads.remove(ref)
+                encodes.append(actor.encode.remote(ref))
+            else:
+                encodes.remove(ref)
+                yield ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class RayExecutor:
+    """Runs the jobs' steps on a Ray cluster: ``address`` None = $RAY_ADDRESS or a new local Ray."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def run_tiles(self, plan: GridPlan, tiles: Sequence[TileKey], on_result: Callable[[TileResult], None],
+                  log: Any = sys.stderr) -> tuple[int, float]:
+        return run_tiles_on_ray(plan, tiles, on_result, self.address, log)
+
+    def encode_batches(self, plan: BuildPlan) -> Iterator[EncodedBatch]:
+        return encode_batches_on_ray(plan, self.address)

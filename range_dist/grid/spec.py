@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.config.values import BBox, parse_bbox
 from range_dist.errors import ConfigError
-
-BBox = tuple[float, float, float, float]  # west, south, east, north (degrees)
 
 
 @dataclass(frozen=True)
@@ -37,12 +36,7 @@ class GridSpec:
             raise ConfigError(f"resolution={res!r}: expected a cell size in degrees in (0, 90], e.g. 0.25")
         if abs(180.0 / res - round(180.0 / res)) > 1e-9:
             raise ConfigError(f"resolution={res}: 180 must be a whole multiple of it (e.g. 1, 0.5, 0.25, 0.1)")
-        west, south, east, north = self.bbox
-        if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-            raise ConfigError(
-                f"bbox={self.bbox}: expected west,south,east,north with -180 <= west < east <= 180 and "
-                "-90 <= south < north <= 90 (degrees)"
-            )
+        object.__setattr__(self, "bbox", parse_bbox(self.bbox))
         if self.shape[0] == 0 or self.shape[1] == 0:
             raise ConfigError(f"bbox={self.bbox} contains no cell centre of the {res}° grid; enlarge it")
 
@@ -146,12 +140,3 @@ def tile_lonlat(grid: GridSpec, tile: TileKey) -> npt.NDArray[np.float64]:
     """(h*w, 2) cell-centre (lon, lat) of a tile, row-major (lat descending, then lon ascending)."""
     lon, lat = np.meshgrid(grid.lon[tile.x0 : tile.x1], grid.lat[tile.y0 : tile.y1])
     return np.stack([lon.ravel(), lat.ravel()], axis=1)
-
-
-def land_mask(lonlat: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-    """True where a (lon, lat) point is on land (global-land-mask, 30 arc-seconds)."""
-    from global_land_mask import globe
-
-    lat = np.clip(lonlat[:, 1], -89.9999, 89.9999)
-    lon = np.clip(lonlat[:, 0], -179.9999, 179.9999)
-    return np.asarray(globe.is_land(lat, lon), dtype=bool)

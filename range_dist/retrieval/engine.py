@@ -38,11 +38,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from range_dist.config.values import parse_betas, parse_variant
+
 Variant = Literal["range", "range+"]
 Precision = Literal["fp32", "tf32", "bf16"]
-PRECISIONS = ("fp32", "tf32", "bf16")
 
-#: Published temperatures (RANGE_FACTS.md): RANGE τ_sem = 15; RANGE+ τ_sem = 12, τ_geo = 40.
+#: Published temperatures (docs/method.md §Variants and constants): RANGE τ_sem = 15; RANGE+ τ_sem = 12, τ_geo = 40.
 VARIANTS: dict[str, tuple[float, float | None]] = {"range": (15.0, None), "range+": (12.0, 40.0)}
 
 # Largest τ for which the static shift is safe in float32: exp(-2τ) must stay a normal number.
@@ -83,14 +84,8 @@ class RetrievalSettings:
         **chunking: int,
     ) -> RetrievalSettings:
         """Published temperatures for ``variant``, and only the heads that ``betas`` need."""
-        from range_dist.errors import ConfigError
-
-        if variant not in VARIANTS:
-            raise ConfigError(f"variant {variant!r} is unknown; use 'range' or 'range+'")
-        default_sem, default_geo = VARIANTS[variant]
-        for beta in betas:
-            if not 0.0 <= float(beta) <= 1.0 or not np.isfinite(beta):
-                raise ConfigError(f"β={beta!r} is outside [0, 1]; β blends spatial (0) and semantic (1) heads")
+        default_sem, default_geo = VARIANTS[parse_variant(variant)]
+        betas = parse_betas(betas)
         if variant == "range":
             heads: tuple[str, ...] = ("sem",)
         elif all(float(b) == 1.0 for b in betas):
@@ -130,7 +125,7 @@ class DeviceDatabase:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        from range_dist.coords import lonlat_to_xyz
+        from range_dist.geo.coords import lonlat_to_xyz
 
         keys64 = torch.from_numpy(np.array(keys, dtype=np.float64))  # a writable float64 copy
         self.keys = torch.nn.functional.normalize(keys64, dim=1).to(device=device, dtype=dtype).contiguous()

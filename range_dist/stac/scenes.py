@@ -6,7 +6,7 @@ needs (processing baseline, whether the provider already applied the BOA offset)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +85,3 @@ def select_candidates(scenes: Iterable[SceneRef], max_cloud: float, limit: int) 
     kept.sort(key=lambda s: s.datetime, reverse=True)
     kept.sort(key=lambda s: (s.cloud_cover != s.cloud_cover, s.cloud_cover if s.cloud_cover == s.cloud_cover else 0))
     return kept[:limit]
-
-
-def ids_of(scenes: Sequence[SceneRef]) -> list[str]:
-    return [s.item_id for s in scenes]

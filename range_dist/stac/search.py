@@ -96,30 +96,50 @@ def search_parameters(config: SearchConfig, lon: float, lat: float, mode: Filter
     return params
 
 
+def _api_errors(*extra: type[Exception]) -> tuple[type[Exception], ...]:
+    """What pystac-client raises when a STAC API fails or answers something that is not STAC.
+
+    ``APIError`` wraps every ``requests`` error and HTTP status outside 2xx; ``ValueError`` is a body
+    that is not JSON (or a malformed URL); ``KeyError`` / ``AttributeError`` are JSON that is not a
+    STAC object or page (a missing ``id``, a link without ``rel``, a list instead of an object).
+    """
+    from pystac_client.exceptions import APIError
+
+    return (APIError, ValueError, KeyError, AttributeError, *extra)
+
+
 class StacSearcher:
     """A pystac-client Client with the filter mode decided once from the API's conformance."""
 
     def __init__(self, config: SearchConfig) -> None:
         from pystac_client import Client
         from pystac_client.conformance import ConformanceClasses
+        from pystac_client.errors import ClientTypeError
 
         self.config = config
         try:
             self.client = Client.open(config.url)
-        except Exception as exc:
-            raise StacError(f"STAC API {config.url} could not be opened ({exc}); check --stac-url") from exc
+        except _api_errors(ClientTypeError, OSError) as exc:  # OSError: a URL without scheme is read as a file
+            raise StacError(f"STAC API {config.url} could not be opened ({type(exc).__name__}: {exc}); "
+                            "check --stac-url") from exc
         self.mode = choose_filter_mode(self.client.conforms_to(ConformanceClasses.QUERY),
                                        self.client.conforms_to(ConformanceClasses.FILTER), config.server_filter)
 
     def _items(self, params: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        try:
+            search = self.client.search(**params)  # builds the request only, no I/O
+        except Exception as exc:  # catch-all: pystac_client raises bare Exception for rejected parameters
+            raise StacError(f"STAC search {where} on {self.config.url}: parameters {params} rejected "
+                            f"({type(exc).__name__}: {exc}); check --datetime") from exc
         last: Exception | None = None
         for attempt in range(max(1, self.config.retries)):
             try:
-                return list(self.client.search(**params).items_as_dicts())
-            except Exception as exc:  # pystac_client.APIError, requests errors
+                return list(search.items_as_dicts())
+            except _api_errors() as exc:
                 last = exc
                 time.sleep(min(4.0, 0.25 * 2**attempt))
-        raise StacError(f"STAC search {where} on {self.config.url} failed after {self.config.retries} attempts: {last}")
+        raise StacError(f"STAC search {where} on {self.config.url} failed after {self.config.retries} attempts: "
+                        f"{type(last).__name__}: {last}")
 
     def _candidates(self, items: Sequence[Mapping[str, Any]]) -> list[SceneRef]:
         scenes = [scene_from_item(item, sign=self.config.sign) for item in items]
@@ -180,10 +200,11 @@ def sign_scene(scene: SceneRef) -> SceneRef:
     except ImportError as exc:
         raise StacError("this STAC API's assets must be signed (Planetary Computer): pip install planetary-computer"
                         ) from exc
+    import requests
     try:
         hrefs = tuple((band, str(planetary_computer.sign(href))) for band, href in scene.hrefs)
         scl_href = str(planetary_computer.sign(scene.scl_href))
-    except Exception as exc:  # requests.HTTPError after its retries, connection errors, a malformed answer
+    except (requests.RequestException, ValueError, TypeError) as exc:  # HTTP error after retries, bad token JSON
         raise StacError(f"signing the assets of {scene.item_id} failed: {exc} (token service "
                         f"{planetary_computer.settings.Settings.get().sas_url})") from exc
     return replace(scene, hrefs=hrefs, scl_href=scl_href, sign=False)

@@ -1,19 +1,8 @@
-"""The ``fast`` retrieval mode: plan (choose and validate approximations), then embed with them.
+"""The ``fast`` retrieval mode at embedding time: :class:`FastRetriever` applies a validated :class:`FastPlan`.
 
-:func:`plan_fast` measures each approximation of :mod:`range_dist.retrieval.fast` against the exact
-mode on the run's own points and keeps the cheapest that fit the tolerance:
-
-1. The values' PCA rank: the truncation error of every rank comes out of one exact pass on the
-   selection sample (the basis is orthonormal, so the error is the norm of the dropped
-   coefficients of the weighted averages). The smallest rank within a quarter of the tolerance.
-2. Per head, the coarsest lattice spacing whose interpolation error, measured on the selection
-   sample, is within a quarter of the tolerance (spacings predicted from error ∝ h^TAPS, then checked).
-3. A final check of everything together on a second, disjoint sample of the run's points; the plan
-   is refused (``ToleranceError``) when that error exceeds the tolerance, or when no approximation
-   fits at all (the fast mode would then only be the exact mode).
-
-The check is a sample bound, not a guarantee for every point; the report says how many points it
-saw. The PCA part also has a worst-case bound (``FastPlan.pca_worst_case``).
+It needs no encoder, only a :class:`RetrievalContext`: the exact retrieval's rows on their device,
+its query featurisation, variant and settings (a :class:`~range_dist.retrieval.encoder.RangeEncoder`
+gives one with ``retrieval_context()``).
 
 While embedding, a head is interpolated only for calls whose lattice nodes and check points cost
 less than the points themselves (dense grids, tiles); sparse calls compute it directly. Every
@@ -26,35 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.coords import validate_lonlat
-from range_dist.errors import ConfigError, ToleranceError
 from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend_heads, retrieve_partials
-from range_dist.retrieval.fast import (
+from range_dist.retrieval.fast.approximations import (
     Stencils,
     ValueBasis,
-    fit_value_basis,
     interpolate,
     lattice_stencils,
-    max_row_residual,
 )
-from range_dist.retrieval.plan import (
-    RANK_LADDER,
-    SPACING_LADDER,
-    FastPlan,
-    head_weights,
-    next_spacing,
-    rank_errors,
-    relative_errors,
-)
-
-if TYPE_CHECKING:
-    from range_dist.encoder import RangeEncoder
+from range_dist.retrieval.fast.plan import SPACING_LADDER, FastPlan, head_weights
 
 #: Share of the tolerance given to each approximation when choosing it (the rest is headroom for
 #: their sum and for points outside the sample).
@@ -64,6 +37,26 @@ COMPONENT_SHARE = 0.25
 LATTICE_COST_RATIO = 0.8
 #: Default size of each of the two validation samples.
 VALIDATION_POINTS = 256
+
+
+@dataclass(frozen=True)
+class RetrievalContext:
+    """What the fast mode needs of an exact retrieval: the rows on their device, how to featurise
+    queries, the variant, and the settings per β list.
+
+    Attributes:
+        db: the database rows on their device (its dtype is the computation's).
+        features: (n, 2) (lon, lat) degrees -> q̂ (n, K) and unit vectors (n, 3), on ``db.device`` in ``db.dtype``.
+        variant: ``range+`` or ``range``.
+        settings: the retrieval settings of a run at these β levels.
+        values: (M, D) the rows' values on the host, for fitting the PCA basis.
+    """
+
+    db: DeviceDatabase
+    features: Callable[[npt.NDArray[np.float64]], tuple[torch.Tensor, torch.Tensor]]
+    variant: str
+    settings: Callable[[Sequence[float]], RetrievalSettings]
+    values: npt.NDArray[np.floating]
 
 
 @dataclass
@@ -116,18 +109,18 @@ Checkpoints = tuple[npt.NDArray[np.float64], torch.Tensor]
 
 
 class FastRetriever:
-    """Embeds with a :class:`FastPlan` over an encoder's database (same device, dtype and heads).
+    """Embeds with a :class:`FastPlan` over an exact retrieval's database (same device, dtype and heads).
 
     Args:
-        encoder: the exact encoder (its location encoder, database and settings are reused).
+        context: the exact retrieval (its database rows, query features and variant are reused).
         plan: the approximations to apply.
     """
 
-    def __init__(self, encoder: RangeEncoder, plan: FastPlan) -> None:
-        self.encoder = encoder
+    def __init__(self, context: RetrievalContext, plan: FastPlan) -> None:
+        self.context = context
         self.plan = plan
         self.stats = FastStats()
-        db = encoder.db
+        db = context.db
         if plan.basis is None:
             self.db = db
         else:
@@ -143,7 +136,7 @@ class FastRetriever:
 
     def _interpolate(self, head: str, stencils: Stencils, settings: RetrievalSettings) -> torch.Tensor:
         """(n, C) ``head`` at the stencils' queries, from exact values at their lattice nodes."""
-        node_q, node_xyz = self.encoder.query_features(stencils.nodes)
+        node_q, node_xyz = self.context.features(stencils.nodes)
         (node_avg,) = self._retrieve((head,), node_q, node_xyz, settings)
         return interpolate(node_avg, stencils)
 
@@ -173,7 +166,7 @@ class FastRetriever:
             norms: (B,) the smallest embedding norm of the call's points at each β.
         """
         points, approx = checks
-        q, xyz = self.encoder.query_features(points)
+        q, xyz = self.context.features(points)
         (exact,) = self._retrieve((head,), q, xyz, settings)
         self.stats.checked_points += len(points)
         # an orthonormal PCA basis keeps norms: the coefficient error is the value error
@@ -186,7 +179,7 @@ class FastRetriever:
     ) -> torch.Tensor:
         """(B, n, D + K) fast embeddings of one batch of queries (see :meth:`head_averages`)."""
         averages = self.head_averages(lonlat, q_hat, xyz, betas, settings, force)
-        return blend_heads(averages, q_hat, betas, self.encoder.variant, self.reconstruct)
+        return blend_heads(averages, q_hat, betas, self.context.variant, self.reconstruct)
 
     @property
     def reconstruct(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -211,7 +204,7 @@ class FastRetriever:
             force: interpolate every planned head at its planned spacing, whatever the density and
                 without checks (the planner's measurement of the plan itself).
         """
-        variant = self.encoder.variant
+        variant = self.context.variant
         spacing = {h: s for h, s in self.plan.spacing.items()
                    if h in settings.heads and head_weights(variant, betas, h).max() > 0}
         averages: dict[str, torch.Tensor] = {}
@@ -290,117 +283,3 @@ def retrieve_averages(db: DeviceDatabase, heads: tuple[str, ...], q_hat: torch.T
     blocks = [retrieve_partials(q_hat[s : s + step], xyz[s : s + step], db, settings).averages()
               for s in range(0, q_hat.shape[0], step)]
     return list(torch.cat(blocks, dim=1))
-
-
-def _sample(points: npt.NDArray[np.float64], size: int, seed: int) -> tuple[npt.NDArray[np.float64], ...]:
-    """Two disjoint samples (selection, check) of ``size`` points each, or all points twice if too few."""
-    if len(points) < 2 * size:
-        return points, points
-    order = np.random.default_rng(seed).permutation(len(points))
-    return points[order[:size]], points[order[size : 2 * size]]
-
-
-def _exact(encoder: RangeEncoder, lonlat: npt.NDArray[np.float64], settings: RetrievalSettings,
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query features and exact (H, n, D) head averages."""
-    q_hat, xyz = encoder.query_features(lonlat)
-    return q_hat, xyz, torch.stack(retrieve_averages(encoder.db, settings.heads, q_hat, xyz, settings))
-
-
-def choose_rank(
-    basis: ValueBasis, averages: torch.Tensor, weights: npt.NDArray[np.float64], norms: torch.Tensor, target: float,
-) -> tuple[int | None, float]:
-    """Smallest ladder rank whose measured truncation error is within ``target`` (None: none fits)."""
-    mean = torch.as_tensor(basis.mean, dtype=torch.float64)
-    coefficients = (averages.double() - mean) @ torch.as_tensor(basis.components, dtype=torch.float64)
-    errors = rank_errors(coefficients, weights, norms)
-    for rank in RANK_LADDER:
-        if rank <= basis.components.shape[0] // 2 and float(errors[rank]) <= target:
-            return rank, float(errors[rank])
-    return None, 0.0
-
-
-def plan_fast(
-    encoder: RangeEncoder,
-    lonlat: npt.ArrayLike,
-    betas: Sequence[float],
-    tolerance: float,
-    validation_points: int = VALIDATION_POINTS,
-    seed: int = 0,
-) -> FastPlan:
-    """Choose the approximations for ``tolerance`` and validate them on the run's own points.
-
-    Args:
-        encoder: the exact encoder of the run.
-        lonlat: (N, 2) the run's points (or a sample of them), degrees.
-        betas: the run's β levels.
-        tolerance: largest accepted ``||fast - exact|| / ||exact||`` per point and β (e.g. 1e-3).
-        validation_points: size of each of the two disjoint samples (selection, final check).
-        seed: sampling seed.
-
-    Returns:
-        The plan, with its measured error.
-
-    Raises:
-        ConfigError: a tolerance outside (0, 1).
-        ToleranceError: the tolerance is not met, or nothing can be approximated within it.
-    """
-    if not 0.0 < float(tolerance) < 1.0:
-        raise ConfigError(f"tolerance={tolerance!r}: expected a relative error in (0, 1), e.g. 1e-3")
-    points = validate_lonlat(lonlat)
-    betas = tuple(float(b) for b in betas)
-    settings = encoder.settings(betas)
-    selection, check = _sample(points, validation_points, seed)
-    target = COMPONENT_SHARE * tolerance
-    weights = np.stack([head_weights(encoder.variant, betas, h) for h in settings.heads])  # (H, B)
-
-    with torch.no_grad():
-        q_hat, xyz, exact_avg = _exact(encoder, selection, settings)
-        exact_emb = blend_heads(dict(zip(settings.heads, exact_avg)), q_hat, betas, encoder.variant)
-        norms = exact_emb.double().norm(dim=-1)  # (B, n)
-
-        full_basis = fit_value_basis(encoder.database.values)
-        rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, norms.cpu(), target)
-        basis = None if rank is None else full_basis.truncated(rank)
-        component_errors = {} if rank is None else {"pca": rank_error}
-        plan = FastPlan(tolerance, basis)
-        retriever = FastRetriever(encoder, plan)
-        # reference for the interpolation error: the exact heads in the same (truncated) basis
-        reference = retriever._retrieve(settings.heads, q_hat, xyz, settings)
-
-        spacing: dict[str, float] = {}
-        for h_index, head in enumerate(settings.heads):
-            weight = torch.as_tensor(weights[h_index], dtype=torch.float64, device=norms.device)
-            if float(weight.max()) == 0.0:
-                continue
-            ladder = SPACING_LADDER[head]
-            step: float | None = ladder[0]
-            while step is not None:
-                # an orthonormal PCA basis keeps norms: the coefficient error is the value error
-                diff = retriever.interpolated(head, step, selection, settings) - reference[h_index]
-                error = float((weight[:, None] * diff.double().norm(dim=-1)[None, :] / norms).max())
-                if error <= target:
-                    spacing[head] = step
-                    component_errors[f"interpolation_{head}"] = error
-                    break
-                step = next_spacing(ladder, step, error, target)
-
-        if basis is None and not spacing:
-            raise ToleranceError(
-                f"fast mode cannot meet tolerance {tolerance:g} on this run's points: neither a PCA basis of at "
-                f"most {encoder.db.value_dim // 2} of {encoder.db.value_dim} dimensions nor any lattice interpolation "
-                "fits it; use --mode exact, or a larger --tolerance")
-
-        plan = replace(plan, spacing=spacing, component_errors=component_errors,
-                       pca_worst_case=None if basis is None else max_row_residual(encoder.database.values, basis))
-        q_check, xyz_check, check_avg = _exact(encoder, check, settings)
-        exact_check = blend_heads(dict(zip(settings.heads, check_avg)), q_check, betas, encoder.variant)
-        fast_check = FastRetriever(encoder, plan).embed(check, q_check, xyz_check, betas, settings, force=True)
-        measured = float(relative_errors(fast_check, exact_check).max())
-    plan = replace(plan, measured_error=measured, validation_points=len(check))
-    if measured > tolerance:
-        raise ToleranceError(
-            f"fast mode measured a relative error of {measured:.3g} on {len(check)} of this run's points, above "
-            f"tolerance {tolerance:g} (plan: {plan.describe()}); use --mode exact, or a larger --tolerance")
-    return plan
-

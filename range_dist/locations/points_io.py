@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.coords import validate_lonlat
 from range_dist.errors import ConfigError
+from range_dist.geo.coords import validate_lonlat
 
 LON_NAMES = ("lon", "longitude", "lng", "x")
 LAT_NAMES = ("lat", "latitude", "y")

@@ -1,6 +1,6 @@
 """Approximations behind the ``fast`` retrieval mode (pure: arrays in, arrays out).
 
-Two approximations, each with an error that the planner (:mod:`range_dist.retrieval.planner`)
+Two approximations, each with an error that the planner (:mod:`range_dist.retrieval.fast.planner`)
 measures against the exact mode before a run:
 
 * **A truncated PCA basis of the values.** With ``V ≈ μ + C_r U_rᵀ`` (U_r orthonormal, D×r), the

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.retrieval.fast import TAPS, ValueBasis
+from range_dist.retrieval.fast.approximations import TAPS, ValueBasis
 
 #: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
 RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from range_dist.errors import ConfigError
+from range_dist.geo.sphere import sample_land, sample_sphere
 
 ID_COLUMN = "location_id"
 
@@ -41,13 +42,6 @@ class Locations:
         return len(self.ids)
 
 
-def sample_sphere(count: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """``count`` points uniform on the sphere, (count, 2) float64 (lon, lat) degrees."""
-    lon = rng.uniform(-180.0, 180.0, count)
-    lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, count)))
-    return np.stack([lon, lat], axis=1)
-
-
 def sample_locations(count: int, seed: int = 0, land_only: bool = True, id_prefix: str = "loc") -> Locations:
     """Sample ``count`` locations uniform on the sphere (on land when ``land_only``).
 
@@ -65,18 +59,8 @@ def sample_locations(count: int, seed: int = 0, land_only: bool = True, id_prefi
     """
     if count < 1:
         raise ConfigError(f"--count {count}: need at least one location")
-    from range_dist.grid.spec import land_mask
-
     rng = np.random.default_rng(seed)
-    kept: list[npt.NDArray[np.float64]] = []
-    have = 0
-    while have < count:
-        batch = sample_sphere(max(1024, 4 * (count - have)), rng)
-        if land_only:
-            batch = batch[land_mask(batch)]
-        kept.append(batch)
-        have += len(batch)
-    lonlat = np.concatenate(kept)[:count]
+    lonlat = sample_land(count, rng) if land_only else sample_sphere(count, rng)
     ids = tuple(f"{id_prefix}-{i:07d}" for i in range(count))
     return Locations(ids, lonlat)
 
@@ -107,7 +91,7 @@ def read_locations(path: str | Path) -> Locations:
     """
     import pandas as pd
 
-    from range_dist.points_io import read_points
+    from range_dist.locations.points_io import read_points
 
     path = Path(path)
     lonlat = read_points(path)

@@ -1,6 +1,6 @@
-"""Per-tile work as plain functions (no Ray): embed a tile, or its shard partials, and write it.
+"""Grid-job steps as plain functions (no Ray): embed a tile, or its shard partials, and write it.
 
-The Ray actors in :mod:`range_dist.executors.ray_executor` are thin wrappers around these.
+The executors (:mod:`range_dist.executors`) run these; their Ray actors are thin wrappers.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import torch
 
 from range_dist.cube.store import TILE_COMPUTED, TILE_SKIPPED, write_tile
 from range_dist.database.store import RetrievalDatabase
-from range_dist.encoder import RangeEncoder
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
-from range_dist.fast_mode import FastStats
-from range_dist.grid.spec import GridSpec, TileKey, land_mask, tile_lonlat
+from range_dist.geo.land import land_mask
+from range_dist.grid.spec import GridSpec, TileKey, tile_lonlat
+from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.retrieval.engine import Partials, blend, merge_partials
-from range_dist.retrieval.plan import FastPlan
+from range_dist.retrieval.fast.plan import FastPlan
+from range_dist.retrieval.fast.retriever import FastStats
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ class EncoderPayload:
 
     @classmethod
     def from_models(cls, location: SatCLIPLocationEncoder, database: RetrievalDatabase, variant: str,
-                    memory_budget_mb: float = 512.0) -> EncoderPayload:
+                    memory_budget_mb: float = 512.0, precision: str = "fp32") -> EncoderPayload:
         state = {k: v.detach().cpu().numpy() for k, v in location.state_dict().items()}
-        return cls(location.config, state, database, variant, memory_budget_mb=memory_budget_mb)
+        return cls(location.config, state, database, variant, memory_budget_mb=memory_budget_mb, precision=precision)
 
     def build(self, device: str = "cpu", shard: tuple[int, int] | None = None) -> RangeEncoder:
         """The encoder over the whole database, or over rows [start, stop) of it."""

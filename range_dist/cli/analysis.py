@@ -1,7 +1,7 @@
 """The ``map``, ``probe`` and ``sample`` subcommands (registered by :func:`add_parsers`).
 
 Thin: parse, call the analysis library, print, return an exit code. Errors are
-:class:`~range_dist.errors.RangeDistError` subclasses, which ``range_dist.cli.main`` reports.
+:class:`~range_dist.errors.RangeDistError` subclasses, which ``range_dist.cli.main.main`` reports.
 """
 
 from __future__ import annotations
@@ -10,14 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from range_dist.config.values import parse_betas
 from range_dist.errors import ConfigError
-
-
-def _parse_float_list(text: str, flag: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.5,1") from exc
 
 
 def _map_out(out: Path, beta: float, several: bool) -> Path:
@@ -35,7 +29,7 @@ def run_map(args: argparse.Namespace) -> int:
     if args.geotiff is not None and Path(args.geotiff).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"--geotiff {args.geotiff}: give a path ending in .tif")
     ds = open_cube(args.cube)
-    betas = [float(b) for b in ds["beta"].values] if args.beta is None else _parse_float_list(args.beta, "--beta")
+    betas = [float(b) for b in ds["beta"].values] if args.beta is None else list(parse_betas(args.beta))
     several = len(betas) > 1
     for beta in betas:
         tif = _map_out(Path(args.geotiff), beta, several) if args.geotiff is not None else None
@@ -57,14 +51,12 @@ def _range_encoders(args: argparse.Namespace) -> list[Any]:
         from range_dist.analysis.cube import open_cube
 
         ds = open_cube(args.cube)
-        betas = [float(b) for b in ds["beta"].values] if args.betas is None else _parse_float_list(args.betas,
-                                                                                                     "--betas")
+        betas = [float(b) for b in ds["beta"].values] if args.betas is None else list(parse_betas(args.betas))
         encoders += [cube_encoder(ds, b, method=args.method) for b in betas]
     if args.db is not None:
         if args.satclip is None:
             raise ConfigError("--db needs --satclip CKPT (RANGE queries the database with SatCLIP embeddings)")
         from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
-        from range_dist.cli import parse_betas
 
         enc = RangeEncoder(load_satclip_location_encoder(args.satclip), RetrievalDatabase.open(args.db),
                            variant=args.variant, device=args.device)
@@ -103,11 +95,11 @@ def run_probe(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     """``range-dist sample CUBE --points pts.csv --out emb.npz [--betas ...] [--method nearest|bilinear]``."""
     from range_dist.analysis.cube import open_cube, sample_cube, to_numpy
-    from range_dist.points_io import read_points, write_embeddings
+    from range_dist.locations.points_io import read_points, write_embeddings
 
     ds = open_cube(args.cube)
     points = read_points(args.points)
-    betas = None if args.betas is None else _parse_float_list(args.betas, "--betas")
+    betas = None if args.betas is None else list(parse_betas(args.betas))
     samples = sample_cube(ds, points, betas=betas, method=args.method)
     values = to_numpy(samples)
     beta_values = [float(b) for b in samples["beta"].values]

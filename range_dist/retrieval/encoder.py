@@ -13,12 +13,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.coords import lonlat_to_xyz, validate_lonlat
+from range_dist.config.values import check_tolerance, parse_mode, parse_precision, parse_variant, resolve_device
 from range_dist.database.store import RetrievalDatabase
 from range_dist.errors import ConfigError
-from range_dist.fast_mode import VALIDATION_POINTS, FastRetriever, plan_fast
+from range_dist.geo.coords import lonlat_to_xyz, validate_lonlat
 from range_dist.retrieval.engine import (
-    PRECISIONS,
     DeviceDatabase,
     Partials,
     RetrievalSettings,
@@ -27,31 +26,13 @@ from range_dist.retrieval.engine import (
     merge_partials,
     retrieve_partials,
 )
-from range_dist.retrieval.plan import FastPlan
+from range_dist.retrieval.fast.plan import FastPlan
+from range_dist.retrieval.fast.planner import plan_fast
+from range_dist.retrieval.fast.retriever import VALIDATION_POINTS, FastRetriever, RetrievalContext
 
 #: Locations encoded per SatCLIP call: the published harmonics cost a fixed ~14k small torch ops
 #: per call, so they are evaluated on large batches and the retrieval then runs in smaller blocks.
 LOCATION_BATCH = 16384
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Check that ``device`` (cpu, cuda, cuda:N) exists here.
-
-    Raises:
-        ConfigError: an unknown device string, or CUDA asked for where there is none.
-    """
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif dev.type != "cpu":
-        raise ConfigError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
-    return dev
 
 
 def query_block_size(db_chunk: int, width: int, n_heads: int, memory_budget_bytes: int, dtype_bytes: int = 4) -> int:
@@ -73,7 +54,7 @@ class RangeEncoder:
         db_chunk: database rows per block.
         memory_budget_mb: bound on the per-block working memory (score block + accumulators).
         mode: ``exact`` (default) or ``fast`` (approximations validated to ``tolerance``; see
-            :mod:`range_dist.fast_mode`). A fast encoder plans on the points of its first
+            :mod:`range_dist.retrieval.fast`). A fast encoder plans on the points of its first
             :meth:`encode` call unless :meth:`plan_fast` or :meth:`use_plan` is called first.
         tolerance: the fast mode's bound on the relative error per point (e.g. 1e-3).
         precision: matrix products on a CUDA device: ``fp32`` (default), ``tf32`` or ``bf16`` (bf16
@@ -100,21 +81,17 @@ class RangeEncoder:
         tolerance: float | None = None,
         precision: str = "fp32",
     ) -> None:
-        if mode not in ("exact", "fast"):
-            raise ConfigError(f"mode {mode!r} is unknown; use 'exact' or 'fast'")
-        if mode == "fast" and tolerance is None:
-            raise ConfigError("mode 'fast' needs a tolerance (relative error per point), e.g. --tolerance 1e-3")
+        check_tolerance(parse_mode(mode), tolerance)  # fast: one in (0, 1); exact: kept for a later plan_fast
         self.mode, self.tolerance = mode, tolerance
         self.fast: FastRetriever | None = None
         self.fast_betas: tuple[float, ...] | None = None
         self.device = resolve_device(device)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        precision = parse_precision(precision)
         self.precision_used = precision if self.device.type == "cuda" else "fp32"
         embed_dim = int(getattr(location_encoder, "embed_dim", database.key_dim))
         database.check_compatible(embed_dim)
-        self.variant = variant
-        RetrievalSettings.for_variant(variant, tau_sem=tau_sem, tau_geo=tau_geo)  # validates early
+        self.variant = parse_variant(variant)
+        RetrievalSettings.for_variant(variant, tau_sem=tau_sem, tau_geo=tau_geo)  # validates the τ early
         self.tau_sem, self.tau_geo = tau_sem, tau_geo
         self.location_encoder = location_encoder.to(self.device).eval()
         self.database = database
@@ -127,20 +104,25 @@ class RangeEncoder:
         """Choose and validate fast-mode approximations on these points, and use them from now on.
 
         Raises:
+            ConfigError: no tolerance here or at construction, or one outside (0, 1).
             ToleranceError: the tolerance cannot be met (the encoder stays as it was).
         """
-        tol = self.tolerance if tolerance is None else tolerance
-        if tol is None:
-            raise ConfigError("plan_fast needs a tolerance (relative error per point), e.g. 1e-3")
-        plan = plan_fast(self, lonlat, betas, tol, validation_points)
+        tol = check_tolerance("fast", self.tolerance if tolerance is None else tolerance)
+        assert tol is not None  # refused above for mode fast
+        plan = plan_fast(self.retrieval_context(), lonlat, betas, tol, validation_points)
         self.use_plan(plan, betas)
         return plan
 
     def use_plan(self, plan: FastPlan, betas: Sequence[float]) -> None:
         """Embed with an already validated plan (e.g. planned on the driver of a grid run)."""
         self.mode, self.tolerance = "fast", plan.tolerance
-        self.fast = FastRetriever(self, plan)
+        self.fast = FastRetriever(self.retrieval_context(), plan)
         self.fast_betas = tuple(float(b) for b in betas)
+
+    def retrieval_context(self) -> RetrievalContext:
+        """What the fast mode needs of this encoder: its device rows, query features, variant and settings."""
+        return RetrievalContext(db=self.db, features=self.query_features, variant=self.variant,
+                                settings=self.settings, values=self.database.values)
 
     @property
     def output_dim(self) -> int:

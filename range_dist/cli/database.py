@@ -1,0 +1,155 @@
+"""Database commands: ``import-db``, ``export-db``, ``db-info``, ``sample-locations``, ``build-db``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from range_dist.errors import ConfigError
+
+
+def _print_db_info(db: Any, sample: int) -> None:
+    from range_dist.database import check_row_alignment
+
+    info = db.describe()
+    print(f"database:   {db.source}")
+    print(f"rows:       {db.rows}")
+    print(f"dims:       keys {db.key_dim}, values {db.value_dim}")
+    print(f"key model:  {info.get('key_model', 'unknown')}")
+    print(f"value model:{' ' if info.get('value_model') else ''}{info.get('value_model', 'unknown')}")
+    print(f"origin:     {info.get('origin', 'unknown')}")
+    if info.get("sample"):
+        print("NOTE:       sample database (synthetic rows), not the published one")
+    lon, lat = db.locations[:, 0], db.locations[:, 1]
+    print(f"extent:     lon [{lon.min():.2f}, {lon.max():.2f}], lat [{lat.min():.2f}, {lat.max():.2f}]")
+    print(f"provenance: {', '.join(sorted(db.provenance)) or 'none'}")
+    print(check_row_alignment(db, sample=sample).summary())
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
+
+
+def run_import_db(args: argparse.Namespace) -> int:
+    """Import a published-layout .npz database into the Zarr form."""
+    from range_dist.database import RetrievalDatabase
+
+    if Path(args.out).suffix != ".zarr":
+        raise ConfigError(f"--out {args.out}: the database store must end in .zarr")
+    _refuse_existing(args.out, args.overwrite)
+    db = RetrievalDatabase.open(args.npz)
+    if args.dry_run:
+        print(f"import-db plan: read {args.npz} ({db.rows} rows); write {args.out}"
+              f"{' (replacing it)' if args.out.exists() else ''}")
+        return 0
+    db.to_zarr(args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}")
+    _print_db_info(RetrievalDatabase.open(args.out), args.sample)
+    return 0
+
+
+def run_export_db(args: argparse.Namespace) -> int:
+    """Export a database to the published .npz layout or to GeoParquet."""
+    from range_dist.database import RetrievalDatabase
+
+    out = Path(args.out)
+    if out.suffix not in (".npz", ".parquet", ".geoparquet"):
+        raise ConfigError(f"--out {out}: unsupported export type {out.suffix!r}; use .npz or .parquet (GeoParquet)")
+    _refuse_existing(out, args.overwrite)
+    db = RetrievalDatabase.open(args.db)
+    if args.dry_run:
+        print(f"export-db plan: read {args.db} ({db.rows} rows); write {out}")
+        return 0
+    if out.suffix == ".npz":
+        db.to_npz(out, overwrite=args.overwrite)
+    else:
+        from range_dist.database.geoparquet import to_geoparquet
+
+        to_geoparquet(db, out, overwrite=args.overwrite)
+    print(f"wrote {out} ({db.rows} rows)")
+    return 0
+
+
+def run_db_info(args: argparse.Namespace) -> int:
+    """Print rows, dimensions, models and a row-alignment sanity check."""
+    from range_dist.database import RetrievalDatabase
+
+    _print_db_info(RetrievalDatabase.open(args.db), args.sample)
+    return 0
+
+
+def run_sample_locations(args: argparse.Namespace) -> int:
+    """Sample locations uniformly on the sphere's land, with ids (CSV/Parquet)."""
+    from range_dist.locations.sampling import sample_locations, write_locations
+
+    if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ConfigError(f"--out {args.out}: use a .parquet or .csv file")
+    _refuse_existing(args.out, args.overwrite)
+    if args.dry_run:
+        print(f"sample-locations plan: {args.count} locations (seed {args.seed}, "
+              f"{'land and ocean' if args.include_ocean else 'land only'}) -> {args.out}")
+        return 0
+    locs = sample_locations(args.count, seed=args.seed, land_only=not args.include_ocean)
+    write_locations(locs, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(locs)} locations to {args.out}")
+    return 0
+
+
+def run_build_db(args: argparse.Namespace) -> int:
+    """Build a retrieval database from Sentinel-2 L2A on a STAC API (SatCLIP keys, SatMAE values)."""
+    from range_dist.config.schema import from_sources
+    from range_dist.executors import executor_for
+    from range_dist.jobs.build.config import BuildConfig
+    from range_dist.jobs.build.plan import build_plan
+    from range_dist.jobs.build.run import run_build
+
+    config = from_sources(BuildConfig, yaml_path=args.config, flags=args)
+    plan = build_plan(config)  # reads only: a dry run stops here
+    print(plan.describe())
+    if args.dry_run:
+        return 0
+    report = run_build(plan, executor_for(config.executor, config.ray_address))
+    return 0 if report.rows_written + report.skipped_done > 0 or not plan.todo else 1
+
+
+def add_parsers(sub: Any) -> None:
+    """Register the database commands."""
+    from range_dist.config.schema import add_arguments
+    from range_dist.jobs.build.config import BuildConfig
+
+    def add(name: str, handler: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=handler.__doc__, description=handler.__doc__)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("import-db", run_import_db)
+    p.add_argument("npz", type=Path, help="published-layout database (.npz)")
+    p.add_argument("--out", type=Path, required=True, help="Zarr database to write (.zarr)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--sample", type=int, default=2000, help="rows used by the alignment check")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+
+    p = add("export-db", run_export_db)
+    p.add_argument("db", type=Path)
+    p.add_argument("--out", type=Path, required=True, help=".npz (published layout) or .parquet (GeoParquet)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+
+    p = add("db-info", run_db_info)
+    p.add_argument("db", type=Path)
+    p.add_argument("--sample", type=int, default=2000, help="rows used by the alignment check")
+
+    p = add("sample-locations", run_sample_locations)
+    p.add_argument("--count", type=int, required=True, help="number of locations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-ocean", action="store_true", help="do not restrict to land")
+    p.add_argument("--out", type=Path, required=True, help=".parquet or .csv (location_id, lon, lat)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+
+    p = add("build-db", run_build_db)
+    p.add_argument("--config", type=Path, default=None, help="YAML file (the settings below); flags override it")
+    add_arguments(p, BuildConfig)
+    p.add_argument("--dry-run", action="store_true", help="print the plan (reads only); write nothing")

@@ -1,0 +1,48 @@
+"""The ``range-dist`` entry point: the parser of every command group, and error reporting.
+
+Each group module (:mod:`~range_dist.cli.assets`, :mod:`~range_dist.cli.database`,
+:mod:`~range_dist.cli.embed`, :mod:`~range_dist.cli.analysis`, :mod:`~range_dist.cli.demo`)
+registers its subcommands with a ``handler``. Handlers parse, load, call the library and report;
+every :class:`~range_dist.errors.RangeDistError` becomes a one-paragraph message on stderr and
+exit code 2 (no traceback). Nothing heavy (torch, ray) is imported before a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from range_dist.errors import RangeDistError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from range_dist import __version__
+    from range_dist.cli import analysis, assets, database, demo, embed
+
+    parser = argparse.ArgumentParser(prog="range-dist", description="RANGE geo-embeddings at planet scale.")
+    parser.add_argument("--version", action="version", version=f"range-dist {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (assets, database, embed, demo):
+        group.add_parsers(sub)
+    analysis.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``range-dist`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except RangeDistError as exc:
+        print(f"range-dist {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Geographic foundations (pure numpy): coordinates, the land mask, sampling on the sphere."""

@@ -1,0 +1,1 @@
+"""The database build: locations -> STAC scenes -> chips -> (key, value) rows in a Zarr database."""

@@ -1,0 +1,100 @@
+"""Settings of ``range-dist embed-grid``, declared once: YAML keys and flags both come from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from range_dist.config.schema import option
+from range_dist.config.values import (
+    BBox,
+    check_tolerance,
+    parse_bbox,
+    parse_betas,
+    parse_mode,
+    parse_precision,
+    parse_variant,
+)
+from range_dist.errors import ConfigError
+from range_dist.grid.spec import GridSpec
+
+GLOBE: BBox = (-180.0, -90.0, 180.0, 90.0)
+
+
+@dataclass(frozen=True)
+class GridJobConfig:
+    """Everything the embed-grid job needs (YAML keys = field names; flags override the YAML)."""
+
+    resolution: float = option(1.0, help="grid cell size in degrees (180 must be a whole multiple of it)")
+    bbox: BBox | None = option(None, parse=parse_bbox, metavar="W,S,E,N",
+                               help="keep the cells whose centres fall in WEST,SOUTH,EAST,NORTH degrees "
+                                    "(default: the globe)")
+    land_only: bool = option(False, help="embed land cells only; ocean cells are NaN, all-ocean tiles are skipped")
+    variant: str = option("range+", parse=parse_variant, help="range+ (semantic + spatial heads) or range")
+    betas: tuple[float, ...] = option((0.0, 0.5, 1.0), parse=parse_betas, metavar="B1,B2,...",
+                                      help="β levels of the cube, each in [0, 1]")
+    satclip: Path | None = option(None, help="SatCLIP checkpoint (default: the published one, fetched)")
+    db: Path | None = option(None, help="retrieval database, .npz or .zarr (default: the published one, fetched)")
+    sample_assets: bool = option(False, help="without --satclip/--db, use UNTRAINED sample assets instead of the "
+                                             "published ones (demos and tests only)")
+    out: Path = option(Path("runs/range_grid.zarr"), help="output Zarr store (.zarr)")
+    dtype: Literal["float16", "float32"] = option("float16", help="cube values")
+    tile_size: int = option(256, help="cells per tile side: one tile = one unit of work = one Zarr shard")
+    chunk_size: int = option(32, help="cells per inner chunk side (divides tile_size; sets analysis read size)")
+    num_actors: int | None = option(None, help="database replicas (default: one per GPU, else 1)")
+    gpus_per_actor: float | None = option(None, help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
+    cpus_per_actor: int | None = option(None, help="CPUs and torch threads per actor (default: shared out)")
+    db_shards: int = option(1, help="actors per replica, each holding 1/S of the rows (merged exactly)")
+    ray_address: str | None = option(None, help="Ray cluster to join ('auto', host:port); default: a local Ray, "
+                                                "or $RAY_ADDRESS inside a Ray job")
+    overwrite: bool = option(False, help="replace an existing cube made with other settings (after validation)")
+    harmonics: Literal["published", "exact", "closed-form"] | None = option(
+        None, help="spherical harmonics (default: as the checkpoint was trained)")
+    max_in_flight: int = option(2, help="tiles queued per replica")
+    memory_budget_mb: float = option(512.0, help="retrieval working memory per actor, MiB")
+    executor: Literal["ray", "local"] = option("ray", help="ray (actors) or local (this process, no Ray)")
+    mode: str = option("exact", parse=parse_mode, help="retrieval: exact, or fast (approximations validated to "
+                                                       "--tolerance on the grid's own cells)")
+    tolerance: float | None = option(None, help="fast mode: largest ||fast - exact|| / ||exact|| per cell and β")
+    validation_points: int = option(256, help="fast mode: cells in each of the two validation samples")
+    precision: str = option("fp32", parse=parse_precision, help="matrix products on GPU actors: fp32, tf32 or bf16 "
+                                                                "(CPU actors always use fp32)")
+
+    def __post_init__(self) -> None:
+        # Library callers construct the dataclass directly: the same parsers as the YAML and flags.
+        object.__setattr__(self, "betas", parse_betas(self.betas))
+        parse_variant(self.variant)
+        parse_precision(self.precision)
+        object.__setattr__(self, "tolerance", check_tolerance(self.mode, self.tolerance))
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"dtype={self.dtype!r}: use float16 or float32")
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"executor={self.executor!r}: use ray or local")
+        if self.tile_size < 1 or self.chunk_size < 1 or self.tile_size % self.chunk_size:
+            raise ConfigError(
+                f"tile_size={self.tile_size}, chunk_size={self.chunk_size}: both must be positive and "
+                "chunk_size must divide tile_size (e.g. 256 and 32)"
+            )
+        for name in ("db_shards", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected >= 1")
+        for name in ("num_actors", "cpus_per_actor"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected >= 1, or unset")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ConfigError(f"gpus_per_actor={self.gpus_per_actor}: expected >= 0")
+        if self.memory_budget_mb <= 0:
+            raise ConfigError(f"memory_budget_mb={self.memory_budget_mb}: expected > 0")
+        if self.mode == "fast" and self.db_shards > 1:
+            raise ConfigError(f"mode=fast with db_shards={self.db_shards}: shards merge exact statistics; "
+                              "use db_shards=1 (replicas) with the fast mode")
+        if self.validation_points < 16:
+            raise ConfigError(f"validation_points={self.validation_points}: expected >= 16")
+        if Path(self.out).suffix != ".zarr":
+            raise ConfigError(f"out={self.out}: the output store must end in .zarr")
+        self.grid  # noqa: B018 - validates resolution and bbox
+
+    @property
+    def grid(self) -> GridSpec:
+        return GridSpec(self.resolution, self.bbox or GLOBE)

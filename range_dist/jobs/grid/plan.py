@@ -1,0 +1,207 @@
+"""The plan of an embed-grid run: a pure value (inputs in, plan out) that a dry run prints.
+
+:func:`load_inputs` reads the checkpoint and database (reading only); :func:`build_plan` fixes the
+cube layout, the signature a resume must match, the provenance attributes and what is at the
+output path now. Nothing here writes, deletes or plans the fast mode: that happens in
+:func:`range_dist.jobs.grid.run.run_grid`, in a real run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from range_dist.cube.store import CubeLayout, ExistingCube, inspect_cube
+from range_dist.database.store import RetrievalDatabase
+from range_dist.encoders.satclip import SatCLIPLocationEncoder
+from range_dist.errors import ConfigError
+from range_dist.grid.spec import TileKey, iter_tiles
+from range_dist.jobs.grid.config import GridJobConfig
+from range_dist.jobs.grid.steps import EncoderPayload
+from range_dist.retrieval.engine import VARIANTS
+from range_dist.util.hashing import sha256_file
+
+FEATURE_LAYOUT = (
+    "[0, D): retrieved image embedding H_beta (D = value dim, 1024); "
+    "[D, D+K): unit SatCLIP location embedding q_hat (K = 256)"
+)
+
+
+@dataclass(frozen=True)
+class GridInputs:
+    """The models a run embeds with, and where they came from.
+
+    Attributes:
+        location: the SatCLIP location encoder.
+        database: the retrieval database.
+        satclip, db: their paths.
+        satclip_sha256: the checkpoint file's SHA-256 (None: not written yet, in a dry run).
+        sample: untrained sample assets (asked for with ``sample_assets``), labelled as such everywhere.
+    """
+
+    location: SatCLIPLocationEncoder
+    database: RetrievalDatabase
+    satclip: Path
+    db: Path
+    satclip_sha256: str | None
+    sample: bool = False
+
+
+def load_inputs(config: GridJobConfig, sample: bool = False) -> GridInputs:
+    """Read the checkpoint and database named in ``config`` (its ``satclip`` and ``db`` must be set)."""
+    from range_dist.encoders.checkpoints import load_satclip_location_encoder
+
+    if config.satclip is None or config.db is None:
+        raise ConfigError("embed-grid needs --satclip and --db (or the published assets: range-dist fetch-assets)")
+    location = load_satclip_location_encoder(config.satclip, harmonics=config.harmonics)  # type: ignore[arg-type]
+    database = RetrievalDatabase.open(config.db)
+    return GridInputs(location, database, Path(config.satclip), Path(config.db), sha256_file(config.satclip), sample)
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """A fully resolved run: what will be read, computed and written.
+
+    Attributes:
+        config: the settings.
+        layout: the cube's shape and encoding.
+        tiles: every tile of the grid, row-major.
+        payload: what each worker builds its encoder from (exact mode; a real run adds the fast plan).
+        signature: the settings a resume must match.
+        attrs: the cube's attributes (provenance, conventions).
+        existing: what is at ``config.out`` now (create, resume or replace).
+        sample: made from untrained sample assets.
+    """
+
+    config: GridJobConfig
+    layout: CubeLayout
+    tiles: tuple[TileKey, ...]
+    payload: EncoderPayload
+    signature: dict[str, Any]
+    attrs: dict[str, Any]
+    existing: ExistingCube
+    sample: bool = False
+
+    @property
+    def points(self) -> int:
+        return self.layout.grid.points
+
+    @property
+    def nbytes(self) -> int:
+        b, n_lat, n_lon, f = self.layout.shape
+        return b * n_lat * n_lon * f * np.dtype(self.layout.dtype).itemsize
+
+    def describe(self) -> str:
+        """The full plan, for ``--dry-run`` and the start of a run."""
+        b, n_lat, n_lon, f = self.layout.shape
+        cfg = self.config
+        db = self.payload.database
+        mib = (db.keys.nbytes + db.values.nbytes + db.locations.nbytes) / 2**20
+        action = {"create": "create it",
+                  "resume": f"resume it ({self.existing.tiles_done} of {len(self.tiles)} tiles done)",
+                  "replace": "DELETE and replace the existing cube (--overwrite)"}[self.existing.action]
+        fast = f"fast, tolerance {cfg.tolerance:g} (planned on the grid's cells at the start of the run)" \
+            if cfg.mode == "fast" else "exact"
+        return "\n".join([
+            "embed-grid plan:" + ("  [UNTRAINED SAMPLE ASSETS]" if self.sample else ""),
+            f"  read:     {self.attrs['range_dist:satclip']} (SatCLIP L={self.payload.location_config.legendre_polys}, "
+            f"{self.attrs['range_dist:harmonics']} harmonics); {self.attrs['range_dist:database']} "
+            f"({db.rows:,} rows × keys {db.key_dim} / values {db.value_dim}, {mib:,.1f} MiB)",
+            f"  compute:  {cfg.resolution}° grid {n_lat}×{n_lon} = {self.points:,} cells"
+            f"{' (land only)' if cfg.land_only else ''}, {len(self.tiles)} tiles of {cfg.tile_size}², "
+            f"{cfg.variant} at β={list(cfg.betas)}, {fast}, {cfg.db_shards} shard(s), executor {cfg.executor}",
+            f"  write:    {cfg.out}: cube ({b}, {n_lat}, {n_lon}, {f}) {cfg.dtype} = up to "
+            f"{self.nbytes / 2**30:.2f} GiB; {action}",
+        ])
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
+    """Fix the cube layout, signature and provenance, and inspect the output path (reading only).
+
+    Raises:
+        ConfigError: the inputs do not fit the settings (dimensions, shards).
+        StoreMismatchError: ``out`` holds something this run may not resume or replace.
+    """
+    from range_dist import __version__
+
+    location, database = inputs.location, inputs.database
+    database.check_compatible(location.embed_dim)
+    if config.db_shards > database.rows:
+        raise ConfigError(f"db_shards={config.db_shards} exceeds the database's {database.rows} rows")
+    grid = config.grid
+    feature_dim = database.value_dim + database.key_dim
+    layout = CubeLayout(grid, config.betas, feature_dim, config.dtype, config.tile_size, config.chunk_size)
+    tau_sem, tau_geo = VARIANTS[config.variant]
+    db_sha = database.fingerprint()
+    db_info = database.describe()
+    sample = inputs.sample or bool(db_info.get("sample", False))
+    signature = {
+        "grid": grid.describe(),
+        "land_only": config.land_only,
+        "variant": config.variant,
+        "betas": list(config.betas),
+        "tau_sem": tau_sem,
+        "tau_geo": tau_geo,
+        "harmonics": location.config.harmonics,
+        "satclip_sha256": inputs.satclip_sha256,
+        "database_sha256": db_sha,
+        "database_rows": database.rows,
+        "dtype": config.dtype,
+        "tile_size": config.tile_size,
+        "chunk_size": config.chunk_size,
+        "feature_dim": feature_dim,
+        "retrieval_mode": config.mode,
+        "precision": config.precision,
+        "tolerance": config.tolerance,
+    }
+    west, south, east, north = (float(grid.lon[0] - grid.resolution / 2), float(grid.lat[-1] - grid.resolution / 2),
+                                float(grid.lon[-1] + grid.resolution / 2), float(grid.lat[0] + grid.resolution / 2))
+    attrs = {
+        "title": f"RANGE geo-embeddings ({config.variant}) on a {grid.resolution}° grid"
+                 + (" — UNTRAINED SAMPLE ASSETS" if sample else ""),
+        "Conventions": "CF-1.10",
+        "range_dist:version": __version__,
+        "range_dist:created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "range_dist:satclip": str(inputs.satclip),
+        "range_dist:satclip_sha256": inputs.satclip_sha256,
+        "range_dist:database": str(inputs.db),
+        "range_dist:database_sha256": db_sha,
+        "range_dist:database_rows": database.rows,
+        "range_dist:database_origin": db_info.get("origin", "unknown"),
+        "range_dist:sample_assets": sample,
+        "range_dist:variant": config.variant,
+        "range_dist:tau_sem": tau_sem,
+        "range_dist:tau_geo": tau_geo,
+        "range_dist:betas": list(config.betas),
+        "range_dist:harmonics": location.config.harmonics,
+        "range_dist:grid": grid.describe(),
+        "range_dist:land_mask": "global-land-mask (30 arc-second), cell centres" if config.land_only else "none",
+        "range_dist:retrieval_mode": config.mode,
+        "range_dist:precision": f"{config.precision} matrix products on GPU actors, fp32 on CPU actors; "
+                                "float32 softmax statistics",
+        "proj:code": "EPSG:4326",
+        "spatial:dimensions": ["lat", "lon"],
+        "spatial:shape": list(grid.shape),
+        "spatial:transform": list(grid.transform),
+        "spatial:bbox": [west, south, east, north],
+        "spatial:registration": "pixel",
+        "geoemb:type": "location_embedding",
+        "geoemb:dimensions": feature_dim,
+        "geoemb:model": f"RANGE {config.variant} (SatCLIP location encoder + soft retrieval)",
+        "geoemb:source_data": str(db_info.get("origin", "unknown")),
+        "geoemb:data_type": config.dtype,
+        "geoemb:quantization": "none" if config.dtype == "float32" else "float16 cast",
+        "geoemb:feature_layout": FEATURE_LAYOUT,
+    }
+    payload = EncoderPayload.from_models(location, database, config.variant, config.memory_budget_mb,
+                                         precision=config.precision)
+    existing = inspect_cube(Path(config.out), signature, overwrite=config.overwrite)
+    return GridPlan(config, layout, tuple(iter_tiles(grid, config.tile_size)), payload, signature, attrs, existing,
+                    sample)
