@@ -52,5 +52,5 @@ def test_cpu_encoder_always_uses_float32(location_encoder: SatCLIPLocationEncode
     assert enc.precision_used == "fp32" and enc.settings(BETAS).precision == "fp32"
     from range_dist.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="precision 'fp16' is unknown; use one of fp32, tf32, bf16"):
+    with pytest.raises(ConfigError, match="precision='fp16': use one of fp32, tf32, bf16"):
         RangeEncoder(location_encoder, random_db, precision="fp16")

@@ -119,15 +119,15 @@ def test_bad_coordinates_name_the_row(location_encoder, sample_db, points, patte
 
 
 def test_bad_settings_are_refused(location_encoder, sample_db) -> None:
-    with pytest.raises(ConfigError, match=r"β=1.5 is outside \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"1.5 is outside \[0, 1\]"):
         RangeEncoder(location_encoder, sample_db).encode(np.zeros((1, 2)), (1.5,))
-    with pytest.raises(ConfigError, match="variant 'rangex' is unknown"):
+    with pytest.raises(ConfigError, match=r"variant='rangex': use one of range\+, range"):
         RangeEncoder(location_encoder, sample_db, variant="rangex")
     with pytest.raises(ConfigError, match="no CUDA GPU is available"):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
         RangeEncoder(location_encoder, sample_db, device="cuda:0")
-    with pytest.raises(ConfigError, match="not a torch device"):
+    with pytest.raises(ConfigError, match="device='tpu7': use auto, cpu, cuda or cuda:N"):
         RangeEncoder(location_encoder, sample_db, device="tpu7")
 
 

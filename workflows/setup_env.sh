@@ -12,4 +12,4 @@ python -m pip install -q --upgrade pip
 # torchvision must match torch (timm needs it): the pair below is on local disk on these machines.
 python -c "import torch, torchvision" 2>/dev/null || python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
   || python -m pip install -q torch torchvision
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,demo]"

@@ -21,14 +21,17 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from range_dist import __version__
-    from range_dist.cli import analysis, assets, database, demo, embed
+    from range_dist.cli.analysis import add_parsers as add_analysis
+    from range_dist.cli.assets import add_parsers as add_assets
+    from range_dist.cli.database import add_parsers as add_database
+    from range_dist.cli.demo import add_parsers as add_demo
+    from range_dist.cli.embed import add_parsers as add_embed
 
     parser = argparse.ArgumentParser(prog="range-dist", description="RANGE geo-embeddings at planet scale.")
     parser.add_argument("--version", action="version", version=f"range-dist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (assets, database, embed, demo):
-        group.add_parsers(sub)
-    analysis.add_parsers(sub)
+    for add_group in (add_assets, add_database, add_embed, add_demo, add_analysis):
+        add_group(sub)
     return parser
 
 

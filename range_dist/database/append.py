@@ -104,7 +104,8 @@ def inspect_database(path: str | Path, attrs: Mapping[str, Any], overwrite: bool
         group: Any = zarr.open_group(str(path), mode="r")
         meta = dict(group.attrs.get(ATTRS_KEY, {}))
     except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError) as exc:
-        raise DatabaseError(f"{path} exists and is not a Zarr group ({exc}); choose another --out") from exc
+        raise DatabaseError(f"{path} exists and is not a Zarr database ({type(exc).__name__}); it is never deleted "
+                            "for you: choose another --out, or remove it yourself") from exc
     if meta.get("format") != FORMAT_NAME:
         raise DatabaseError(f"{path} exists and is not a range-dist database; it is never deleted for you: choose "
                             "another --out, or remove it yourself")

@@ -6,7 +6,6 @@ is imported only when a Ray executor is asked for.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from range_dist.errors import ConfigError
@@ -43,7 +42,7 @@ def build_database(config: BuildConfig, quiet: bool = False) -> BuildReport:
     return run_build(build_plan(config), executor_for(config.executor, config.ray_address), quiet=quiet)
 
 
-def embed_grid(config: GridJobConfig, executor: str | None = None, log: Any = sys.stderr) -> RunReport:
+def embed_grid(config: GridJobConfig, executor: str | None = None, log: Any = None) -> RunReport:
     """Load the inputs named in ``config`` (``satclip`` and ``db`` set), plan, and run on ``executor``
     (default: the config's). What ``range-dist embed-grid`` does once the assets are resolved."""
     from range_dist.jobs.grid.plan import build_plan, load_inputs

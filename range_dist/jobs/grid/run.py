@@ -80,7 +80,7 @@ def with_fast_plan(plan: GridPlan, log: Any = sys.stderr) -> GridPlan:
     return replace(plan, payload=payload, attrs={**plan.attrs, "range_dist:fast": fast.describe()})
 
 
-def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = sys.stderr) -> RunReport:
+def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunReport:
     """Execute a plan: the fast mode first (a refusal writes nothing), then the store, then the tiles.
 
     Args:
@@ -95,6 +95,7 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = sys.stderr) -> R
         RangeDistError: tiles still missing at the end (rerun to resume).
     """
     cfg = plan.config
+    log = sys.stderr if log is None else log  # looked up per call: tests and callers swap sys.stderr
     print(plan.describe(), file=log)
     plan = with_fast_plan(plan, log)
     status = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs, overwrite=cfg.overwrite)
