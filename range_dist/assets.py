@@ -117,11 +117,9 @@ def write_sample_assets(
     """Write an untrained SatCLIP-format checkpoint and a sample database in the published npz layout."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=legendre_polys, capacity=capacity))
+    encoder, db = sample_models(seed, rows, legendre_polys, capacity)
     ckpt = out / SAMPLE_CHECKPOINT
     save_satclip_checkpoint(encoder, ckpt, extra={"range_dist_sample": SAMPLE_LABEL})
-    db = make_sample_database(rows, seed)
     npz = out / SAMPLE_DATABASE
     # The published layout plus one note array, so an imported sample stays labelled as such.
     arrays: dict[str, Any] = {NPZ_LOCATIONS: db.locations, NPZ_KEYS: db.keys, NPZ_VALUES: db.values,

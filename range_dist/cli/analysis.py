@@ -31,6 +31,11 @@ def run_map(args: argparse.Namespace) -> int:
     ds = open_cube(args.cube)
     betas = [float(b) for b in ds["beta"].values] if args.beta is None else list(parse_betas(args.beta))
     several = len(betas) > 1
+    if args.dry_run:
+        outs = [str(_map_out(out, b, several)) for b in betas]
+        print(f"map plan: read {args.cube} {dict(ds.sizes)}; {args.method.upper()} fitted on up to {args.fit_cells} "
+              f"cells per β; write {', '.join(outs)}{' + GeoTIFF(s)' if args.geotiff else ''}")
+        return 0
     for beta in betas:
         tif = _map_out(Path(args.geotiff), beta, several) if args.geotiff is not None else None
         result = render_map(ds, beta, _map_out(out, beta, several), method=args.method, geotiff=tif,
@@ -100,6 +105,12 @@ def run_sample(args: argparse.Namespace) -> int:
     ds = open_cube(args.cube)
     points = read_points(args.points)
     betas = None if args.betas is None else list(parse_betas(args.betas))
+    if Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} already exists; pass --overwrite to replace it")
+    if args.dry_run:
+        print(f"sample plan: read {args.cube} {dict(ds.sizes)} at {len(points):,} points of {args.points} "
+              f"({args.method}); write {args.out}")
+        return 0
     samples = sample_cube(ds, points, betas=betas, method=args.method)
     values = to_numpy(samples)
     beta_values = [float(b) for b in samples["beta"].values]
@@ -123,6 +134,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--scale", type=int, default=None, help="PNG upscaling factor (default: about 720 px wide)")
     p.add_argument("--fit-cells", type=int, default=20000, help="cells the projection is fitted on")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     p.set_defaults(handler=run_map)
 
     p = subparsers.add_parser("probe", help="linear probes (paper protocol) on offline tasks",
@@ -155,4 +167,5 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--betas", default=None, help="β level(s) (default: all of the cube)")
     p.add_argument("--method", choices=["nearest", "bilinear"], default="bilinear")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     p.set_defaults(handler=run_sample)
