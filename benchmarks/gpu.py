@@ -10,7 +10,11 @@ and random query points, with the database resident on the device once:
    matching matmul rate (fp32 → fp32 rate, tf32 → TF32 rate, bf16 → bf16 rate; target >= 0.5 for bf16).
 3. The largest relative error ``||emb - emb64|| / ||emb64||`` of each precision against a float64
    evaluation of the same engine on the device, on ``--check-points`` points.
-4. Peak device memory.
+4. ``RangeEncoder.encode`` end to end on the device at each precision, as users call it: a SatCLIP
+   location encoder in the published layout (``--legendre-polys`` 40, random weights, published
+   harmonics) + retrieval + blend + copy to host float32, points/s, with the SatCLIP encoding
+   alone timed separately (the stage that is not retrieval).
+5. Peak device memory.
 
 Usage (on a GPU machine):
     python benchmarks/gpu.py [--rows 100000 --points 65536 --betas 0,0.5,1 --query-chunk 4096 --db-chunk 16384]
@@ -90,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--check-points", type=int, default=256)
     parser.add_argument("--matmul-size", type=int, default=8192)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--legendre-polys", type=int, default=40, help="L of the end-to-end SatCLIP encoder")
+    parser.add_argument("--encode-points", type=int, default=16_384, help="points of the end-to-end timing")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -125,8 +131,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         error = float(relative_errors(run(q_hat[:n_check], xyz[:n_check], db, betas, settings), reference).max())
         print(f"| {precision} | {args.points / seconds:,.0f} | {tflops:.1f} | {tflops / rates[precision]:.2f} | "
               f"{error:.1e} |", flush=True)
+    end_to_end(args, device, lonlat, keys, values, betas)
     if device.type == "cuda":
         print(f"peak device memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+
+
+def end_to_end(args: argparse.Namespace, device: torch.device, lonlat: np.ndarray, keys: np.ndarray,
+               values: np.ndarray, betas: Sequence[float]) -> None:
+    """``RangeEncoder.encode`` with an L = ``--legendre-polys`` SatCLIP encoder, per precision."""
+    from range_dist.database.store import RetrievalDatabase
+    from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
+    from range_dist.retrieval.encoder import RangeEncoder
+
+    torch.manual_seed(0)
+    location = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=args.legendre_polys))
+    database = RetrievalDatabase(lonlat[: args.rows], keys, values)
+    points = lonlat[args.rows :][: args.encode_points]
+    print(f"end to end: RangeEncoder.encode, SatCLIP L={args.legendre_polys} ({location.config.harmonics} "
+          f"harmonics), {len(points):,} points, {args.rows:,} rows, β = {tuple(betas)}")
+    print("| precision | points/s end to end | SatCLIP encoding alone, points/s | share of the time in SatCLIP |")
+    print("|---|---|---|---|")
+    for precision in ("fp32", "tf32", "bf16"):
+        encoder = RangeEncoder(location, database, device=device, precision=precision, memory_budget_mb=4096)
+        total = best_seconds(lambda e=encoder: e.encode(points, betas), device, max(1, args.reps - 1))
+        feats = best_seconds(lambda e=encoder: e.query_features(points), device, max(1, args.reps - 1))
+        print(f"| {precision} | {len(points) / total:,.0f} | {len(points) / feats:,.0f} | {feats / total:.0%} |",
+              flush=True)
 
 
 if __name__ == "__main__":
