@@ -31,10 +31,11 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from retrieval import matmul_rate, peak_rss_mib, sphere_lonlat  # benchmarks/retrieval.py, beside this script
+from retrieval import matmul_rate, peak_rss_mib  # benchmarks/retrieval.py, beside this script
 
 from range_dist.database.store import RetrievalDatabase
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
+from range_dist.geo.sphere import sample_sphere
 from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.retrieval.fast.plan import relative_errors
 
@@ -52,7 +53,7 @@ def tile_points(size: int, resolution: float, west: float = 0.0, south: float = 
 
 def random_database(rows: int, seed: int) -> RetrievalDatabase:
     rng = np.random.default_rng(seed)
-    return RetrievalDatabase(sphere_lonlat(rows, rng), rng.normal(size=(rows, KEY_DIM)).astype(np.float32),
+    return RetrievalDatabase(sample_sphere(rows, rng), rng.normal(size=(rows, KEY_DIM)).astype(np.float32),
                              rng.normal(size=(rows, VALUE_DIM)).astype(np.float32))
 
 
@@ -98,9 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                             embed_dim=KEY_DIM, harmonics="exact"))
     points = tile_points(args.tile, args.resolution)
     if args.sparse:
-        rng = np.random.default_rng(args.seed + 1)
-        points = np.stack([rng.uniform(-180, 180, len(points)),
-                           np.degrees(np.arcsin(rng.uniform(-1, 1, len(points))))], axis=1)
+        points = sample_sphere(len(points), np.random.default_rng(args.seed + 1))
     beta_sets = [tuple(float(b) for b in s.split(",")) for s in args.betas_sets.split("/")]
     where = "random over the globe" if args.sparse else f"a {args.tile}x{args.tile} tile at {args.resolution}°"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(points)} points ({where}); "

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from range_dist.geo.coords import lonlat_to_xyz
+from range_dist.geo.sphere import sample_sphere
 from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend, retrieve_partials
 from range_dist.retrieval.fast.plan import relative_errors
 
@@ -102,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("no CUDA GPU here: run this on a GPU machine, or --device cpu for a smoke run")
     betas = tuple(float(b) for b in args.betas.split(","))
     rng = np.random.default_rng(0)
-    v = rng.normal(size=(args.rows + args.points, 3))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    lonlat = np.stack([np.degrees(np.arctan2(v[:, 1], v[:, 0])), np.degrees(np.arcsin(v[:, 2]))], axis=1)
+    lonlat = sample_sphere(args.rows + args.points, rng)
     keys = rng.standard_normal((args.rows, KEY_DIM), dtype=np.float32)
     values = rng.standard_normal((args.rows, VALUE_DIM), dtype=np.float32)
     db = DeviceDatabase(keys, lonlat[: args.rows], values, device=device)

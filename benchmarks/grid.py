@@ -67,17 +67,19 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from range_dist.assets import write_sample_assets
     from range_dist.jobs.grid.config import GridJobConfig
-    from range_dist.jobs.grid.plan import build_plan, run_plan
+    from range_dist.executors import executor_for
+    from range_dist.jobs.grid.plan import build_plan, load_inputs
+    from range_dist.jobs.grid.run import run_grid
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="range_grid_bench_"))
     assets = write_sample_assets(work / "assets", rows=args.rows)
     config = GridJobConfig(resolution=args.resolution, betas=tuple(float(b) for b in args.betas.split(",")),
                            satclip=assets.checkpoint, db=assets.database, out=work / "cube.zarr",
                            tile_size=args.tile_size, dtype=args.dtype, executor=args.executor, overwrite=True)
-    plan = build_plan(config)
+    plan = build_plan(config, load_inputs(config, sample=True))
     start = time.perf_counter()
     with PeakMemory() as memory:
-        report = run_plan(plan, executor=args.executor)
+        report = run_grid(plan, executor_for(args.executor))
     total = time.perf_counter() - start
     # Kernel only, same data, same threads: the encoder on a few whole tiles, back to back.
     import numpy as np

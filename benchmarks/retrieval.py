@@ -50,6 +50,7 @@ import torch
 from range_dist.database.store import RetrievalDatabase
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder
 from range_dist.geo.coords import lonlat_to_xyz
+from range_dist.geo.sphere import sample_sphere
 from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.retrieval.engine import RetrievalSettings, blend, retrieve_partials
 
@@ -70,13 +71,6 @@ class BenchEncoder(RangeEncoder):
         if self.forced_query_chunk is None:
             return settings
         return dataclasses.replace(settings, query_chunk=self.forced_query_chunk)
-
-
-def sphere_lonlat(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """(n, 2) (lon, lat) degrees uniform on the sphere."""
-    v = rng.normal(size=(n, 3))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return np.stack([np.degrees(np.arctan2(v[:, 1], v[:, 0])), np.degrees(np.arcsin(np.clip(v[:, 2], -1, 1)))], 1)
 
 
 def peak_rss_mib() -> float:
@@ -268,10 +262,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # ------------------------------------------------------------------ data
     rng = np.random.default_rng(args.seed)
-    locations = sphere_lonlat(args.rows, rng)
+    locations = sample_sphere(args.rows, rng)
     keys = rng.standard_normal((args.rows, KEY_DIM), dtype=np.float32)
     values = rng.standard_normal((args.rows, VALUE_DIM), dtype=np.float32)
-    points = sphere_lonlat(args.points, rng)
+    points = sample_sphere(args.points, rng)
     database = RetrievalDatabase(locations, keys, values)
     location_encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=10, capacity=256))
     kwargs = {} if args.db_chunk is None else {"db_chunk": args.db_chunk}
