@@ -53,3 +53,7 @@ class ChipReadError(RangeDistError):
     def __init__(self, message: str, reason: str = "read_error") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class StoreWriteError(RangeDistError):
+    """Writing to an output store failed (disk full, I/O error); the unit being written is not marked done."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from range_dist.config.values import parse_betas
 from range_dist.errors import ConfigError
+from range_dist.util.outputs import check_output_location
 
 
 def _map_out(out: Path, beta: float, several: bool) -> Path:
@@ -28,6 +29,7 @@ def run_map(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: the map is written as PNG; give a path ending in .png")
     if args.geotiff is not None and Path(args.geotiff).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"--geotiff {args.geotiff}: give a path ending in .tif")
+    check_output_location(out)
     ds = open_cube(args.cube)
     betas = [float(b) for b in ds["beta"].values] if args.beta is None else list(parse_betas(args.beta))
     several = len(betas) > 1
@@ -107,6 +109,7 @@ def run_sample(args: argparse.Namespace) -> int:
     betas = None if args.betas is None else list(parse_betas(args.betas))
     if Path(args.out).exists() and not args.overwrite:
         raise ConfigError(f"--out {args.out} already exists; pass --overwrite to replace it")
+    check_output_location(args.out)
     if args.dry_run:
         print(f"sample plan: read {args.cube} {dict(ds.sizes)} at {len(points):,} points of {args.points} "
               f"({args.method}); write {args.out}")

@@ -17,6 +17,7 @@ def run_embed_points(args: argparse.Namespace) -> int:
     from range_dist import RangeEncoder, RetrievalDatabase, __version__, load_satclip_location_encoder
     from range_dist.config.values import check_tolerance, parse_betas, parse_device
     from range_dist.locations.points_io import read_points, write_embeddings
+    from range_dist.util.outputs import check_output_location
     from range_dist.util.progress import Progress
 
     betas = parse_betas(args.betas)
@@ -25,6 +26,7 @@ def run_embed_points(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"output {out} already exists; pass --overwrite to replace it")
+    check_output_location(out)  # before any computing
     points = read_points(args.points)
     location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics)
     db = RetrievalDatabase.open(args.db)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.errors import StoreMismatchError
+from range_dist.errors import StoreMismatchError, StoreWriteError
 from range_dist.grid.spec import GridSpec, TileKey, tile_counts
 from range_dist.util.jsonable import to_jsonable
 
@@ -230,11 +230,18 @@ def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None
     import zarr
 
     written = 0
-    if block is not None:
-        arr = zarr.open_array(str(path / "embedding"), mode="r+")
-        arr[:, tile.y0 : tile.y1, tile.x0 : tile.x1, :] = block.astype(arr.dtype, copy=False)
-        written = int(block.size * arr.dtype.itemsize)
-    zarr.open_array(str(path / "tile_status"), mode="r+")[tile.row, tile.col] = status
+    try:
+        if block is not None:
+            arr = zarr.open_array(str(path / "embedding"), mode="r+")
+            arr[:, tile.y0 : tile.y1, tile.x0 : tile.x1, :] = block.astype(arr.dtype, copy=False)
+            written = int(block.size * arr.dtype.itemsize)
+        zarr.open_array(str(path / "tile_status"), mode="r+")[tile.row, tile.col] = status
+    except OSError as exc:  # disk full, quota, I/O error: say where, and that a rerun resumes
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise StoreWriteError(
+            f"writing tile (row {tile.row}, col {tile.col}) to {path} failed: {reason} (errno {exc.errno}). The tile "
+            "is not marked done; free space (or fix the store's location) and rerun the same command to resume."
+        ) from exc
     return written
 
 

@@ -38,18 +38,31 @@ def read_points(path: str | Path) -> npt.NDArray[np.float64]:
     if not path.exists():
         raise ConfigError(f"points file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame = pd.read_csv(path)
-        labels, label_name = np.arange(len(frame)) + 2, f"{path.name} line"
-    elif suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-        labels, label_name = np.arange(len(frame)), f"{path.name} row"
-    else:
-        raise ConfigError(
-            f"points file {path}: unsupported type {suffix!r}; use .csv or .parquet with lon, lat columns"
-        )
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+            labels, label_name = np.arange(len(frame)) + 2, f"{path.name} line"
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            labels, label_name = np.arange(len(frame)), f"{path.name} row"
+        else:
+            raise ConfigError(
+                f"points file {path}: unsupported type {suffix!r}; use .csv or .parquet with lon, lat columns"
+            )
+    except pd.errors.EmptyDataError as exc:
+        raise ConfigError(f"points file {path} is empty; expected a header line with lon, lat and one row per "
+                          "point") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"points file {path} could not be read as {suffix[1:]} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); expected lon, lat columns"
+                          ) from exc
     lon = _pick(list(frame.columns), LON_NAMES, path, "longitude")
     lat = _pick(list(frame.columns), LAT_NAMES, path, "latitude")
+    if len(frame) == 0:
+        raise ConfigError(f"points file {path} has a header ({', '.join(map(str, frame.columns))}) but no rows; "
+                          "add one row per point")
     values = frame[[lon, lat]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     return validate_lonlat(values, source=str(path), row_labels=labels, row_label_name=label_name)
 
@@ -75,6 +88,7 @@ def write_embeddings(
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".parquet", ".zarr"):
         raise ConfigError(f"output {path}: unsupported type {suffix!r}; use .npz, .parquet or .zarr")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial{suffix}")
     beta_arr = np.asarray(betas, dtype=np.float64)
     if suffix == ".npz":

@@ -12,6 +12,7 @@ from range_dist.database.append import ExistingDatabase, inspect_database
 from range_dist.jobs.build.config import BuildConfig
 from range_dist.locations.sampling import Locations, read_locations
 from range_dist.util.hashing import sha256_file
+from range_dist.util.outputs import check_output_location
 
 #: One location id, lon, lat (degrees): the unit a reader works on.
 LocationRow = tuple[str, float, float]
@@ -114,6 +115,7 @@ def build_plan(config: BuildConfig) -> BuildPlan:
     if config.limit is not None:
         locations = Locations(locations.ids[: config.limit], locations.lonlat[: config.limit])
     attrs = database_attrs(config)
+    check_output_location(config.out)
     existing = inspect_database(config.out, attrs, overwrite=config.overwrite)
     todo = tuple(i for i, loc in enumerate(locations.ids) if loc not in existing.done_ids)
     return BuildPlan(config, locations, todo, existing, attrs)

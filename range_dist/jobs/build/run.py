@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from range_dist.database.append import DatabaseAppender, RowBatch
 from range_dist.encoders.image import get_spec
+from range_dist.errors import StoreWriteError
 from range_dist.jobs.build.plan import BuildPlan
 from range_dist.jobs.build.steps import ChipOutcome
 from range_dist.util import fault_injection as faults
@@ -70,15 +71,22 @@ def run_build(plan: BuildPlan, executor: BatchExecutor, quiet: bool = False) -> 
                         stream=io.StringIO() if quiet else sys.stderr)
     start = time.perf_counter()
     for rows, failed in executor.encode_batches(plan):
-        if rows is not None:
-            appender.append(rows)
-            report.rows_written += len(rows)
-            for loc_id in rows.provenance["location_id"]:
-                failures.pop(str(loc_id), None)
-        for outcome in failed:
-            failures[outcome.location_id] = (outcome.reason or "unknown", outcome.detail)
-            report.failures[outcome.reason or "unknown"] += 1
-        appender.set_failures(failures)
+        try:
+            if rows is not None:
+                appender.append(rows)
+                report.rows_written += len(rows)
+                for loc_id in rows.provenance["location_id"]:
+                    failures.pop(str(loc_id), None)
+            for outcome in failed:
+                failures[outcome.location_id] = (outcome.reason or "unknown", outcome.detail)
+                report.failures[outcome.reason or "unknown"] += 1
+            appender.set_failures(failures)
+        except OSError as exc:  # disk full, quota, I/O error: the batch's rows are not committed
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise StoreWriteError(
+                f"appending a batch to {config.out} failed: {reason} (errno {exc.errno}); its rows are not "
+                "committed. Free space (or fix the store's location) and rerun the same command to resume."
+            ) from exc
         progress.update((len(rows) if rows is not None else 0) + len(failed))
         faults.after_batch()
     report.wall_s = time.perf_counter() - start

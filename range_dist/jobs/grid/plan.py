@@ -24,6 +24,7 @@ from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.jobs.grid.steps import EncoderPayload
 from range_dist.retrieval.engine import VARIANTS
 from range_dist.util.hashing import sha256_file
+from range_dist.util.outputs import check_output_location
 
 FEATURE_LAYOUT = (
     "[0, D): retrieved image embedding H_beta (D = value dim, 1024); "
@@ -202,6 +203,7 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
     }
     payload = EncoderPayload.from_models(location, database, config.variant, config.memory_budget_mb,
                                          precision=config.precision)
+    check_output_location(config.out)
     existing = inspect_cube(Path(config.out), signature, overwrite=config.overwrite)
     return GridPlan(config, layout, tuple(iter_tiles(grid, config.tile_size)), payload, signature, attrs, existing,
                     sample)

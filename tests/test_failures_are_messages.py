@@ -1,0 +1,114 @@
+"""Bad input and full disks give one-line messages naming the input, a non-zero exit, and lose nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from range_dist.cli.main import main
+from range_dist.cube.store import TILE_MISSING, read_tile_status
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A real small file system (tmpfs) at ``where``: its ENOSPC / EROFS are the kernel's own."""
+    where.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _grid(ckpt: Path, db: Path, out: Path) -> list[str]:
+    return ["embed-grid", "--satclip", str(ckpt), "--db", str(db), "--out", str(out), "--resolution", "10",
+            "--tile-size", "6", "--chunk-size", "3", "--executor", "local", "--betas", "0,0.5,1"]
+
+
+def test_disk_full_is_a_message_and_a_rerun_resumes(sample_assets: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, db = sample_assets
+    clean = tmp_path / "clean.zarr"
+    assert main(_grid(ckpt, db, clean)) == 0
+    with tmpfs(tmp_path / "small", "700k") as small:
+        out = small / "cube.zarr"
+        capsys.readouterr()
+        assert main(_grid(ckpt, db, out)) == 2
+        err = capsys.readouterr().err.strip()
+        last = err.splitlines()[-1]  # the plan and progress come first, then one error line
+        assert last.startswith("range-dist embed-grid: error: writing tile")
+        assert "No space left on device" in last and str(out) in last and "rerun the same command" in last
+        assert "Traceback" not in err
+        status = read_tile_status(out)
+        assert (status == TILE_MISSING).any() and (status != TILE_MISSING).any()
+        # more space, the same command: it resumes, and the cube equals a clean run
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        assert main(_grid(ckpt, db, out)) == 0
+        assert "resuming:" in capsys.readouterr().err
+        a = xr.open_zarr(clean)["embedding"].values
+        b = xr.open_zarr(out)["embedding"].values
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_only_output_is_refused_before_computing(sample_assets: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, db = sample_assets
+    points = tmp_path / "p.csv"
+    points.write_text("lon,lat\n8.5,47.4\n")
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        for args in (_grid(ckpt, db, ro / "cube.zarr"),
+                     ["embed-points", "--satclip", str(ckpt), "--db", str(db), "--points", str(points),
+                      "--out", str(ro / "sub" / "e.npz")]):
+            assert main(args) == 2
+            err = capsys.readouterr().err
+            assert "not writable" in err and str(ro) in err
+
+
+def test_output_under_a_file_is_refused(sample_assets: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, db = sample_assets
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_grid(ckpt, db, blocker / "cube.zarr")) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_missing_output_folders_are_created(sample_assets: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, db = sample_assets
+    points = tmp_path / "p.csv"
+    points.write_text("lon,lat\n8.5,47.4\n")
+    out = tmp_path / "new" / "deeper" / "e.npz"
+    assert main(["embed-points", "--satclip", str(ckpt), "--db", str(db), "--points", str(points),
+                 "--out", str(out)]) == 0
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is empty"),
+        ("lon,lat\n", "has a header (lon, lat) but no rows"),
+        ("lat,lon\n91,0\n", "is out of range"),
+        ("x_coord,y\n1,2\n", "no longitude column"),
+    ],
+)
+def test_bad_points_files(sample_assets: tuple[Path, Path], tmp_path: Path, content: str, message: str,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, db = sample_assets
+    points = tmp_path / "p.csv"
+    points.write_text(content)
+    out = tmp_path / "e.npz"
+    assert main(["embed-points", "--satclip", str(ckpt), "--db", str(db), "--points", str(points),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(points) in err and "Traceback" not in err
+    assert not out.exists()
