@@ -57,3 +57,15 @@ class ChipReadError(RangeDistError):
 
 class StoreWriteError(RangeDistError):
     """Writing to an output store failed (disk full, I/O error); the unit being written is not marked done."""
+
+
+class Interrupted(RangeDistError):
+    """A run stopped by SIGINT (exit 130) or SIGTERM (exit 143); what was finished is kept.
+
+    Attributes:
+        exit_code: 130 for SIGINT, 143 for SIGTERM (128 + the signal number).
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +116,58 @@ def test_bad_points_files(sample_assets: tuple[Path, Path], tmp_path: Path, cont
     err = capsys.readouterr().err
     assert message in err and str(points) in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("executor", "signum", "code"), [
+    ("local", signal.SIGINT, 130),
+    ("local", signal.SIGTERM, 143),
+    ("ray", signal.SIGTERM, 143),
+    ("ray", signal.SIGINT, 130),
+])
+def test_signals_stop_cleanly_and_a_rerun_resumes(sample_assets: tuple[Path, Path], tmp_path: Path, executor: str,
+                                                  signum: int, code: int) -> None:
+    import psutil
+
+    ckpt, db = sample_assets
+    out = tmp_path / "cube.zarr"
+    args = ["embed-grid", "--satclip", str(ckpt), "--db", str(db), "--out", str(out), "--resolution", "5",
+            "--tile-size", "3", "--chunk-size", "3", "--executor", executor, "--betas", "0,1"]  # 288 tiles
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "range_dist", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "tile_status").exists() and (read_tile_status(out) != TILE_MISSING).sum() >= 10:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)  # Ctrl-C reaches the whole foreground process group
+    else:
+        proc.send_signal(signum)  # `kill PID`, as a scheduler does
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = err.decode()
+    assert proc.returncode == code, text[-3000:]
+    last = text.strip().splitlines()[-1]
+    assert f"stopped by {signal.Signals(signum).name} after" in last and "Rerun the same command" in last, text[-3000:]
+    assert "Traceback" not in text and "SIGTERM received" not in text
+    done = int((read_tile_status(out) != TILE_MISSING).sum())
+    assert 10 <= done < 288
+    # nothing the driver started outlives it (a local Ray is shut down with it)
+    time.sleep(2)
+    left = [p for p in psutil.process_iter(["pid"]) if _session_of(p.pid) == proc.pid]
+    assert not left, [p.cmdline() for p in left]
+    # the same command resumes
+    assert main([*args[:-4], "--executor", "local", "--betas", "0,1"]) == 0
+    assert (read_tile_status(out) != TILE_MISSING).all()
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None

@@ -10,10 +10,13 @@ exit code 2 (no traceback). Nothing heavy (torch, ray) is imported before a hand
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 
-from range_dist.errors import RangeDistError
+from range_dist.errors import Interrupted, RangeDistError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,16 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted("terminated (SIGTERM)", exit_code=128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``range-dist`` console script."""
+    """Entry point of the ``range-dist`` console script.
+
+    Returns:
+        0 on success, 2 for a :class:`~range_dist.errors.RangeDistError`, 130 / 143 when stopped by
+        SIGINT / SIGTERM (finished work is kept; the message says how to resume).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: the jobs stop dispatching and report what is done
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return handler(args)
+    except Interrupted as exc:
+        print(f"range-dist {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"range-dist {args.command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
     except RangeDistError as exc:
         print(f"range-dist {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

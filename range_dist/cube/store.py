@@ -189,10 +189,16 @@ def open_or_create_cube(
     ds.to_zarr(path, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
     group = zarr.open_group(str(path), mode="r+")
     rows, cols = layout.tiles_shape
-    group.create_array("tile_status", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=TILE_MISSING,
-                       dimension_names=("tile_row", "tile_col"),
-                       attributes={"flag_values": [0, 1, 2], "flag_meanings": "missing computed skipped_no_land",
-                                   "long_name": "completion record: one entry per tile (shard)"})
+    try:
+        group.create_array("tile_status", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=TILE_MISSING,
+                           dimension_names=("tile_row", "tile_col"),
+                           attributes={"flag_values": [0, 1, 2], "flag_meanings": "missing computed skipped_no_land",
+                                       "long_name": "completion record: one entry per tile (shard)"})
+    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as exc:
+        # Two drivers created the template at the same moment: the other one made the record first.
+        raise StoreMismatchError(
+            f"{path}: another run created this cube at the same moment; one driver per store — wait for it to "
+            "finish and rerun to resume, or use another --out") from exc
     return read_tile_status(path)
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -58,6 +60,17 @@ def ensure_ray(address: str | None) -> bool:
     """
     if ray.is_initialized():
         return False
+    # ray.init installs its own SIGTERM handler in the driver (it aborts with "*** SIGTERM received",
+    # rc 134); the CLI's handler is put back so that SIGTERM stops the job cleanly (exit 143).
+    on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _init_ray(address)
+    finally:
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _init_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # A private local instance needs no token auth; the driver and the workers it starts must

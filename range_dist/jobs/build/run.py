@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from range_dist.database.append import DatabaseAppender, RowBatch
 from range_dist.encoders.image import get_spec
-from range_dist.errors import StoreWriteError
+from range_dist.errors import Interrupted, StoreWriteError
 from range_dist.jobs.build.plan import BuildPlan
 from range_dist.jobs.build.steps import ChipOutcome
 from range_dist.util import fault_injection as faults
@@ -70,6 +70,25 @@ def run_build(plan: BuildPlan, executor: BatchExecutor, quiet: bool = False) -> 
     progress = Progress(total=len(plan.todo), unit="locations", label="build-db",
                         stream=io.StringIO() if quiet else sys.stderr)
     start = time.perf_counter()
+    try:
+        _append_all(plan, executor, appender, failures, report, progress)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        raise Interrupted(
+            f"stopped by {'SIGTERM' if code == 143 else 'SIGINT'} after {report.rows_written} new rows "
+            f"({sum(report.failures.values())} failed, {plan.done} done before) of {len(plan.locations)} locations; "
+            f"committed rows are kept. Rerun the same command to resume: {config.out}", exit_code=code) from None
+    report.wall_s = time.perf_counter() - start
+    appender.finish(report.as_dict())
+    if not quiet:
+        print(report.summary())
+    return report
+
+
+def _append_all(plan: BuildPlan, executor: BatchExecutor, appender: DatabaseAppender,
+                failures: dict[str, tuple[str, str]], report: BuildReport, progress: Progress) -> None:
+    """Append each encoded batch (the single writer) and keep the failure table."""
+    config = plan.config
     for rows, failed in executor.encode_batches(plan):
         try:
             if rows is not None:
@@ -89,8 +108,3 @@ def run_build(plan: BuildPlan, executor: BatchExecutor, quiet: bool = False) -> 
             ) from exc
         progress.update((len(rows) if rows is not None else 0) + len(failed))
         faults.after_batch()
-    report.wall_s = time.perf_counter() - start
-    appender.finish(report.as_dict())
-    if not quiet:
-        print(report.summary())
-    return report

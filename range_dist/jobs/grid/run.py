@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from range_dist.cube.store import TILE_COMPUTED, TILE_MISSING, finalize_cube, open_or_create_cube
-from range_dist.errors import ConfigError, RangeDistError
+from range_dist.errors import ConfigError, Interrupted, RangeDistError
 from range_dist.geo.land import land_mask
 from range_dist.grid.spec import GridSpec, TileKey
 from range_dist.jobs.grid.plan import GridPlan
@@ -111,7 +111,15 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
             report.add(result)
             progress.update(1, result.points)
 
-        report.parallel_workers, report.startup_seconds = executor.run_tiles(plan, todo, on_result, log=log)
+        try:
+            report.parallel_workers, report.startup_seconds = executor.run_tiles(plan, todo, on_result, log=log)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            signal_name = "SIGTERM" if code == 143 else "SIGINT"
+            raise Interrupted(
+                f"stopped by {signal_name} after {report.tiles_computed + report.tiles_skipped} of {len(todo)} "
+                f"tiles ({report.tiles_already_done} were done before); tiles in flight were not marked done. "
+                f"Rerun the same command to resume: {cfg.out}", exit_code=code) from None
     report.wall_seconds = time.perf_counter() - start
     final = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs)
     missing = int((final == TILE_MISSING).sum())
