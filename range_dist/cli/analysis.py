@@ -65,7 +65,8 @@ def _range_encoders(args: argparse.Namespace) -> list[Any]:
             raise ConfigError("--db needs --satclip CKPT (RANGE queries the database with SatCLIP embeddings)")
         from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
 
-        enc = RangeEncoder(load_satclip_location_encoder(args.satclip), RetrievalDatabase.open(args.db),
+        location = load_satclip_location_encoder(args.satclip, trust=args.trust_checkpoint)
+        enc = RangeEncoder(location, RetrievalDatabase.open(args.db),
                            variant=args.variant, device=args.device)
         betas = list(parse_betas(args.betas or "0.5")) if args.variant == "range+" else [0.5]
         encoders += [range_encoder(enc, b) for b in betas]
@@ -82,7 +83,12 @@ def run_probe(args: argparse.Namespace) -> int:
         raise ConfigError("--task is empty; give landocean, koppen, country or checkerboard[:K]")
     baseline_names = [b for b in (args.baselines or "").split(",") if b.strip()]
     skipped: list[str] = []
-    encoders = baseline_encoders(baseline_names, satclip=args.satclip, skipped=skipped) + _range_encoders(args)
+    satclip: Any = args.satclip
+    if satclip is not None and "satclip" in baseline_names:
+        from range_dist import load_satclip_location_encoder
+
+        satclip = load_satclip_location_encoder(satclip, trust=args.trust_checkpoint)
+    encoders = baseline_encoders(baseline_names, satclip=satclip, skipped=skipped) + _range_encoders(args)
     if not encoders:
         raise ConfigError("nothing to probe: pass --cube CUBE, --satclip CKPT --db DB, and/or --baselines "
                           "direct,cartesian3d,wrap,satclip")
@@ -148,6 +154,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--cube", type=Path, default=None, help="probe RANGE embeddings sampled from this cube")
     p.add_argument("--method", choices=["nearest", "bilinear"], default="bilinear", help="cube sampling")
     p.add_argument("--satclip", type=Path, default=None, help="SatCLIP checkpoint (satclip baseline, RANGE)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that needs full pickle loading (can run code: only files you know)")
     p.add_argument("--db", type=Path, default=None, help="retrieval database: probe RANGE computed directly")
     p.add_argument("--variant", choices=["range+", "range"], default="range+")
     p.add_argument("--betas", default=None, help="β level(s) to probe (default: the cube's, or 0.5)")

@@ -28,7 +28,7 @@ def run_embed_points(args: argparse.Namespace) -> int:
         raise ConfigError(f"output {out} already exists; pass --overwrite to replace it")
     check_output_location(out)  # before any computing
     points = read_points(args.points)
-    location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics)
+    location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics, trust=args.trust_checkpoint)
     db = RetrievalDatabase.open(args.db)
     if args.dry_run:
         print(f"embed-points plan: read {args.points} ({len(points):,} points), {args.satclip}, {args.db} "
@@ -123,6 +123,8 @@ def add_parsers(sub: Any) -> None:
                    help="fast mode: largest relative error per point, ||fast - exact|| / ||exact|| (e.g. 1e-3)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="matrix products on a GPU (default fp32); a CPU always uses fp32")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that needs full pickle loading (can run code: only files you know)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the plan (reads only); write nothing")
     p.set_defaults(handler=run_embed_points)

@@ -15,8 +15,8 @@ the same description is written into the database so a mismatched encoder fails 
 
 from __future__ import annotations
 
+import argparse
 import math
-import pickle
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -28,6 +28,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from range_dist.encoders.checkpoints import _read_checkpoint, load_torch_file, read_safetensors
 from range_dist.errors import CheckpointError, ConfigError
 
 SATCLIP_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
@@ -162,20 +163,21 @@ class SatCLIPImageEncoder(nn.Module):
         return np.concatenate(out) if out else np.zeros((0, self.spec.dim), np.float32)
 
 
-def load_satclip_image_encoder(path: str | Path, device: str | torch.device = "cpu") -> SatCLIPImageEncoder:
+def load_satclip_image_encoder(path: str | Path, device: str | torch.device = "cpu", *,
+                               trust: bool = False) -> SatCLIPImageEncoder:
     """Load the SatCLIP image encoder from ``model.visual.*`` of a Lightning checkpoint.
 
     The architecture comes from the ``vision_layers`` hyper-parameter (``moco_vit16`` ->
-    ``vit_small_patch16_224``, ``moco_resnet18``, ``moco_resnet50``).
+    ``vit_small_patch16_224``, ``moco_resnet18``, ``moco_resnet50``). ``trust``: load a file that
+    needs arbitrary pickle (``--trust-checkpoint``), see :func:`~range_dist.encoders.checkpoints.load_torch_file`.
 
     Raises:
-        CheckpointError: missing file, no ``model.visual.*`` keys, unknown ``vision_layers`` or
-            keys / shapes that do not match the architecture (named).
+        CheckpointError: missing, unreadable or untrusted file, no ``model.visual.*`` keys, unknown
+            ``vision_layers`` or keys / shapes that do not match the architecture (named).
     """
-    from range_dist.encoders.checkpoints import _read_checkpoint
-
     path = Path(path)
-    state, hparams = _read_checkpoint(path)
+    checkpoint = _read_checkpoint(path, trust=trust)
+    state, hparams = checkpoint.state, checkpoint.hparams
     visual = {k[len("model.visual."):]: v for k, v in state.items() if k.startswith("model.visual.")}
     if not visual:
         raise CheckpointError(f"{path}: no 'model.visual.*' keys; the SatCLIP image encoder needs the full Lightning "
@@ -255,20 +257,12 @@ class SatMAEEncoder(nn.Module):
         return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
-def _read_satmae_state(path: Path) -> dict[str, torch.Tensor]:
+def _read_satmae_state(path: Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"SatMAE checkpoint {path} does not exist (the fMoW-RGB ViT-L/16 pretrain .pth)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    # UnpicklingError: not a pickle, or objects weights_only refuses; RuntimeError: a truncated zip;
-    # EOFError: an empty or cut pickle; OSError: unreadable path
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot read as a torch file ({type(exc).__name__}: {exc}); re-download it "
-                              "if truncated") from exc
+        return read_safetensors(path, "SatMAE checkpoint")[0]
+    raw = load_torch_file(path, trust=trust, what="SatMAE checkpoint")
     if isinstance(raw, Mapping) and "model" in raw:
         raw = raw["model"]
     if not isinstance(raw, Mapping):
@@ -276,17 +270,19 @@ def _read_satmae_state(path: Path) -> dict[str, torch.Tensor]:
     return dict(raw)
 
 
-def load_satmae_encoder(path: str | Path, device: str | torch.device = "cpu") -> SatMAEEncoder:
+def load_satmae_encoder(path: str | Path, device: str | torch.device = "cpu", *, trust: bool = False) -> SatMAEEncoder:
     """Load SatMAE's encoder from ``.pth`` (``{'model': state_dict}``) or safetensors.
 
     The shape (width, depth) is read from the tensors (heads = width / 64, as ViT-L/16); decoder
-    keys (``decoder_*``, ``mask_token``) are ignored.
+    keys (``decoder_*``, ``mask_token``) are ignored. ``trust``: load a file that needs arbitrary
+    pickle (``--trust-checkpoint``), see :func:`~range_dist.encoders.checkpoints.load_torch_file`.
 
     Raises:
-        CheckpointError: missing file, missing or mis-shaped keys (named with shapes).
+        CheckpointError: missing, unreadable or untrusted file, missing or mis-shaped keys (named
+            with shapes).
     """
     path = Path(path)
-    state = _read_satmae_state(path)
+    state = _read_satmae_state(path, trust=trust)
     state = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token"))}
     if "patch_embed.proj.weight" not in state:
         raise CheckpointError(f"{path}: missing 'patch_embed.proj.weight'; not a SatMAE/MAE ViT checkpoint "
@@ -319,7 +315,8 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
 
 
 def save_satmae_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Write a SatMAE-layout checkpoint: ``.pth`` ``{'model': state_dict, 'epoch': ...}`` or ``.safetensors``."""
+    """Write a SatMAE-layout checkpoint: ``.pth`` ``{'model': state_dict, 'epoch': ..., 'args': Namespace}`` (as
+    upstream's ``util/misc.py save_model``) or ``.safetensors``."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
@@ -330,19 +327,26 @@ def save_satmae_checkpoint(model: nn.Module, path: str | Path) -> None:
         dim = int(state["cls_token"].shape[-1])
         state["mask_token"] = torch.zeros(1, 1, 512)  # decoder keys the loader must ignore
         state["decoder_embed.weight"] = torch.zeros(512, dim)
-        torch.save({"model": state, "epoch": 799, "args": None}, path)
+        args = argparse.Namespace(model="mae_vit_large_patch16", model_type=None, input_size=224, patch_size=16,
+                                  mask_ratio=0.75, dataset_type="rgb", output_dir="./output_dir", epochs=800)
+        torch.save({"model": state, "epoch": 799, "args": args}, path)
 
 
-def load_image_encoder(name: str, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_image_encoder(name: str, path: str | Path, device: str | torch.device = "cpu", *,
+                       trust: bool = False) -> nn.Module:
     """Load a registered encoder by name, checking the checkpoint gives that architecture.
 
+    ``trust``: load a file that needs arbitrary pickle (``--trust-checkpoint``); without it such a
+    file is refused.
+
     Raises:
-        ConfigError: unknown name. CheckpointError: the checkpoint is another architecture.
+        ConfigError: unknown name. CheckpointError: unreadable or untrusted file, or the checkpoint
+            is another architecture.
     """
     spec = get_spec(name)
     if spec.role == "value":
-        return load_satmae_encoder(path, device)
-    encoder = load_satclip_image_encoder(path, device)
+        return load_satmae_encoder(path, device, trust=trust)
+    encoder = load_satclip_image_encoder(path, device, trust=trust)
     if encoder.spec.name != name:
         raise CheckpointError(f"{path}: the checkpoint holds {encoder.spec.name} ({encoder.spec.architecture}), "
                               f"not {name}; pass --key-encoder {encoder.spec.name}")

@@ -83,6 +83,8 @@ class SatCLIPLocationEncoder(nn.Module):
     def __init__(self, config: SatCLIPLocationConfig) -> None:
         super().__init__()
         self.config = config
+        #: the label of an untrained sample checkpoint (range_dist.assets), else None; set by the loader
+        self.sample_label: str | None = None
         self.posenc = SphericalHarmonics(config.legendre_polys, config.harmonics)
         self.nnet = SirenNet(
             config.legendre_polys**2,

@@ -34,6 +34,8 @@ class BuildConfig:
     key_checkpoint: Path | None = option(None, help="SatCLIP Lightning .ckpt (model.visual.*)")
     value_encoder: str = option("satmae-vitl16-fmow-rgb", help="SatMAE encoder name")
     value_checkpoint: Path | None = option(None, help="SatMAE .pth or .safetensors")
+    trust_checkpoint: bool = option(False, help="allow key/value checkpoints that need full pickle loading, which "
+                                                "can run code: only for files whose origin you know")
     candidates: int = option(3, help="scenes tried per location")
     max_items: int = option(50, help="items fetched per STAC search")
     server_filter: Literal["auto", "client"] = option(

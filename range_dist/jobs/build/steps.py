@@ -159,8 +159,10 @@ class RowEncoder:
             device = resolve_device(self.config.device)
             if self.config.key_checkpoint is None or self.config.value_checkpoint is None:
                 raise ConfigError("build-db needs --key-checkpoint (SatCLIP .ckpt) and --value-checkpoint (SatMAE)")
-            self._models = (load_image_encoder(self.config.key_encoder, self.config.key_checkpoint, device),
-                            load_image_encoder(self.config.value_encoder, self.config.value_checkpoint, device))
+            trust = self.config.trust_checkpoint
+            cfg = self.config
+            self._models = (load_image_encoder(cfg.key_encoder, cfg.key_checkpoint, device, trust=trust),
+                            load_image_encoder(cfg.value_encoder, cfg.value_checkpoint, device, trust=trust))
         return self._models
 
     def encode(self, outcomes: Sequence[ChipOutcome]) -> tuple[Any, list[ChipOutcome]]:

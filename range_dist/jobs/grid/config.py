@@ -36,6 +36,8 @@ class GridJobConfig:
                                       help="β levels of the cube, each in [0, 1]")
     satclip: Path | None = option(None, help="SatCLIP checkpoint (default: the published one, fetched)")
     db: Path | None = option(None, help="retrieval database, .npz or .zarr (default: the published one, fetched)")
+    trust_checkpoint: bool = option(False, help="allow a --satclip checkpoint that needs full pickle loading, "
+                                                "which can run code: only for files whose origin you know")
     sample_assets: bool = option(False, help="without --satclip/--db, use UNTRAINED sample assets instead of the "
                                              "published ones (demos and tests only)")
     out: Path = option(Path("runs/range_grid.zarr"), help="output Zarr store (.zarr)")

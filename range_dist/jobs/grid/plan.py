@@ -58,7 +58,8 @@ def load_inputs(config: GridJobConfig, sample: bool = False) -> GridInputs:
 
     if config.satclip is None or config.db is None:
         raise ConfigError("embed-grid needs --satclip and --db (or the published assets: range-dist fetch-assets)")
-    location = load_satclip_location_encoder(config.satclip, harmonics=config.harmonics)  # type: ignore[arg-type]
+    location = load_satclip_location_encoder(config.satclip, harmonics=config.harmonics,  # type: ignore[arg-type]
+                                             trust=config.trust_checkpoint)
     database = RetrievalDatabase.open(config.db)
     return GridInputs(location, database, Path(config.satclip), Path(config.db), sha256_file(config.satclip), sample)
 
@@ -142,7 +143,8 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
     tau_sem, tau_geo = VARIANTS[config.variant]
     db_sha = database.fingerprint()
     db_info = database.describe()
-    sample = inputs.sample or bool(db_info.get("sample", False))
+    # a sample checkpoint with a real database (or the reverse) is flagged as well
+    sample = inputs.sample or bool(db_info.get("sample", False)) or getattr(location, "sample_label", None) is not None
     signature = {
         "grid": grid.describe(),
         "land_only": config.land_only,
