@@ -107,8 +107,12 @@ def _build_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
     locs = tmp_path / "locs.csv"
     if not locs.exists():
         write_locations(sample_locations(5, seed=1), locs)
+    for name in ("k.ckpt", "v.pth"):  # the plan checks they exist; only a real run loads them
+        if not (tmp_path / name).exists():
+            (tmp_path / name).write_bytes(b"x")
     return ["build-db", "--locations", str(locs), "--out", str(out), "--stac-url", "http://127.0.0.1:9/stac",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--key-checkpoint", str(tmp_path / "k.ckpt"), "--value-checkpoint",
+            str(tmp_path / "v.pth"), *extra]
 
 
 def test_build_db_dry_run_touches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from range_dist.database.append import ExistingDatabase, inspect_database
+from range_dist.errors import ConfigError
 from range_dist.jobs.build.config import BuildConfig
 from range_dist.locations.sampling import Locations, read_locations
 from range_dist.util.hashing import sha256_file
@@ -111,6 +112,12 @@ def build_plan(config: BuildConfig) -> BuildPlan:
         ConfigError, CoordinateError: a bad locations file.
         StoreMismatchError, DatabaseError: ``out`` holds something this run may not resume or replace.
     """
+    for flag, path in (("--key-checkpoint", config.key_checkpoint), ("--value-checkpoint", config.value_checkpoint)):
+        if path is None:
+            raise ConfigError(f"build-db needs {flag} (the SatCLIP image encoder's .ckpt and the SatMAE .pth or "
+                              ".safetensors); there is no default checkpoint")
+        if not Path(path).is_file():
+            raise ConfigError(f"{flag} {path} does not exist (or is not a file)")
     locations = read_locations(config.locations)
     if config.limit is not None:
         locations = Locations(locations.ids[: config.limit], locations.lonlat[: config.limit])

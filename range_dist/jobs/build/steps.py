@@ -156,11 +156,11 @@ class RowEncoder:
 
             if self.threads:
                 torch.set_num_threads(self.threads)
-            device = resolve_device(self.config.device)
-            if self.config.key_checkpoint is None or self.config.value_checkpoint is None:
-                raise ConfigError("build-db needs --key-checkpoint (SatCLIP .ckpt) and --value-checkpoint (SatMAE)")
-            trust = self.config.trust_checkpoint
             cfg = self.config
+            device = resolve_device(cfg.device)
+            if cfg.key_checkpoint is None or cfg.value_checkpoint is None:  # build_plan checked it already
+                raise ConfigError("build-db needs --key-checkpoint (SatCLIP .ckpt) and --value-checkpoint (SatMAE)")
+            trust = cfg.trust_checkpoint
             self._models = (load_image_encoder(cfg.key_encoder, cfg.key_checkpoint, device, trust=trust),
                             load_image_encoder(cfg.value_encoder, cfg.value_checkpoint, device, trust=trust))
         return self._models
