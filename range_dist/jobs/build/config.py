@@ -49,6 +49,8 @@ class BuildConfig:
     gdal: tuple[tuple[str, str], ...] = option((), flag="--gdal", metavar="NAME=VALUE",
                                                help="extra GDAL setting (repeatable)")
     overwrite: bool = option(False, help="replace an existing database instead of resuming it")
+    takeover: bool = option(False, help="take over the lease of an earlier run whose heartbeat is stale (a driver "
+                                        "that died on another host); a live driver's lease is never taken over")
     limit: int | None = option(None, help="only the first N locations")
     search_group_deg: float | None = option(
         None, help="search once per cell of this size (degrees) instead of once per location")

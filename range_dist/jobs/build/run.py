@@ -16,6 +16,7 @@ from range_dist.errors import Interrupted, StoreWriteError
 from range_dist.jobs.build.plan import BuildPlan
 from range_dist.jobs.build.steps import ChipOutcome
 from range_dist.util import fault_injection as faults
+from range_dist.util.lease import StoreLease
 from range_dist.util.progress import Progress
 
 #: What an executor yields per batch: the encoded rows (None when no chip was accepted) and the failures.
@@ -60,6 +61,15 @@ def run_build(plan: BuildPlan, executor: BatchExecutor, quiet: bool = False) -> 
     records the run summary in the attributes.
     """
     config = plan.config
+    with StoreLease(config.out, f"build-db -> {config.out}", takeover=config.takeover) as lease:
+        if lease.replaced is not None and not quiet:
+            print(f"took over the lease of {lease.replaced.describe(time.time())}: {lease.replaced_reason}",
+                  file=sys.stderr)
+        return _run_leased(plan, executor, quiet, lease.report())
+
+
+def _run_leased(plan: BuildPlan, executor: BatchExecutor, quiet: bool, lease: dict[str, Any]) -> BuildReport:
+    config = plan.config
     appender = DatabaseAppender.open_or_create(config.out, get_spec(config.key_encoder).dim,
                                                get_spec(config.value_encoder).dim, plan.attrs,
                                                overwrite=config.overwrite)
@@ -79,7 +89,7 @@ def run_build(plan: BuildPlan, executor: BatchExecutor, quiet: bool = False) -> 
             f"({sum(report.failures.values())} failed, {plan.done} done before) of {len(plan.locations)} locations; "
             f"committed rows are kept. Rerun the same command to resume: {config.out}", exit_code=code) from None
     report.wall_s = time.perf_counter() - start
-    appender.finish(report.as_dict())
+    appender.finish({**report.as_dict(), "lease": lease})
     if not quiet:
         print(report.summary())
     return report

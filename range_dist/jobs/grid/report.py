@@ -27,6 +27,8 @@ class RunReport:
     parallel_workers: int = 1
     executor: str = "local"
     fast_checks: FastStats | None = None
+    tiles_computed_total: int = 0
+    lease: dict[str, Any] | None = None
 
     def add(self, result: TileResult) -> None:
         if result.fast_checks is not None:

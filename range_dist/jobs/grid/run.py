@@ -20,6 +20,7 @@ from range_dist.jobs.grid.plan import GridPlan
 from range_dist.jobs.grid.report import RunReport
 from range_dist.jobs.grid.steps import TileResult
 from range_dist.retrieval.fast.plan import FastPlan
+from range_dist.util.lease import StoreLease
 from range_dist.util.progress import Progress
 
 
@@ -97,7 +98,20 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
     cfg = plan.config
     log = sys.stderr if log is None else log  # looked up per call: tests and callers swap sys.stderr
     print(plan.describe(), file=log)
-    plan = with_fast_plan(plan, log)
+    # one driver per store, taken before any compute (the fast-mode planning included)
+    with StoreLease(cfg.out, f"embed-grid -> {cfg.out}", takeover=cfg.takeover) as lease:
+        if lease.replaced is not None:
+            print(f"took over the lease of {lease.replaced.describe(time.time())}: {lease.replaced_reason}", file=log)
+        report = _run_leased(with_fast_plan(plan, log), executor, log)
+        report.lease = lease.report()
+    finalize_cube(cfg.out, {**report.as_dict(), "tiles_computed_total": report.tiles_computed_total,
+                            "sample_assets": plan.sample})
+    print(report.summary(cfg.out, sample=plan.sample), file=log)
+    return report
+
+
+def _run_leased(plan: GridPlan, executor: TileExecutor, log: Any) -> RunReport:
+    cfg = plan.config
     status = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs, overwrite=cfg.overwrite)
     todo = [t for t in plan.tiles if status[t.row, t.col] == TILE_MISSING]
     report = RunReport(tiles_total=len(plan.tiles), tiles_already_done=len(plan.tiles) - len(todo),
@@ -125,7 +139,5 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
     missing = int((final == TILE_MISSING).sum())
     if missing:
         raise RangeDistError(f"{missing} tile(s) are still missing in {cfg.out}; rerun the same command to resume")
-    finalize_cube(cfg.out, {**report.as_dict(), "tiles_computed_total": int((final == TILE_COMPUTED).sum()),
-                            "sample_assets": plan.sample})
-    print(report.summary(cfg.out, sample=plan.sample), file=log)
+    report.tiles_computed_total = int((final == TILE_COMPUTED).sum())
     return report
