@@ -190,6 +190,14 @@ def open_or_create_cube(
     group = zarr.open_group(str(path), mode="r+")
     rows, cols = layout.tiles_shape
     try:
+        # per-tile integrity, written before the tile's status (range_dist.cube.integrity checks them)
+        group.create_array("tile_checksum", shape=(rows, cols), chunks=(1, 1), dtype="uint32", fill_value=0,
+                           dimension_names=("tile_row", "tile_col"),
+                           attributes={"long_name": "CRC-32 (zlib) of the tile's embedding block as written "
+                                                    "(cube dtype, C order, NaN cells included)"})
+        group.create_array("tile_cells", shape=(rows, cols), chunks=(1, 1), dtype="int32", fill_value=-1,
+                           dimension_names=("tile_row", "tile_col"),
+                           attributes={"long_name": "embedded (non-NaN) cells of the tile; -1 = not recorded"})
         group.create_array("tile_status", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=TILE_MISSING,
                            dimension_names=("tile_row", "tile_col"),
                            attributes={"flag_values": [0, 1, 2], "flag_meanings": "missing computed skipped_no_land",
@@ -227,20 +235,29 @@ def read_tile_status(path: Path) -> npt.NDArray[np.uint8]:
 def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None, status: int) -> int:
     """Write one tile's (beta, h, w, feature) block as a whole shard, then mark it in the record.
 
-    Idempotent: writing a tile again replaces the same shard with the same bytes. The record is
-    written only after the data, so a crash in between leaves the tile "missing" and it is redone.
+    Idempotent: writing a tile again replaces the same shard with the same bytes. The tile's checksum
+    and cell count, then its status, are written only after the data, so a crash in between leaves
+    the tile "missing" and it is redone.
 
     Returns:
         Bytes of embedding data written (0 for a skipped tile).
     """
     import zarr
 
+    from range_dist.cube.integrity import block_checksum
+
     written = 0
     try:
+        checksum, cells = 0, 0
         if block is not None:
             arr = zarr.open_array(str(path / "embedding"), mode="r+")
-            arr[:, tile.y0 : tile.y1, tile.x0 : tile.x1, :] = block.astype(arr.dtype, copy=False)
+            stored = np.ascontiguousarray(block, dtype=arr.dtype)
+            arr[:, tile.y0 : tile.y1, tile.x0 : tile.x1, :] = stored
             written = int(block.size * arr.dtype.itemsize)
+            checksum, cells = block_checksum(stored)
+        if (path / "tile_checksum").exists():  # cubes made before the integrity record have none
+            zarr.open_array(str(path / "tile_checksum"), mode="r+")[tile.row, tile.col] = checksum
+            zarr.open_array(str(path / "tile_cells"), mode="r+")[tile.row, tile.col] = cells
         zarr.open_array(str(path / "tile_status"), mode="r+")[tile.row, tile.col] = status
     except OSError as exc:  # disk full, quota, I/O error: say where, and that a rerun resumes
         reason = exc.strerror or str(exc) or type(exc).__name__

@@ -51,6 +51,8 @@ class GridJobConfig:
     ray_address: str | None = option(None, help="Ray cluster to join ('auto', host:port); default: a local Ray, "
                                                 "or $RAY_ADDRESS inside a Ray job")
     overwrite: bool = option(False, help="replace an existing cube made with other settings (after validation)")
+    verify: bool = option(False, help="on resume, read back every done tile and compare its checksum (default: "
+                                      "check that each done tile's data exists)")
     takeover: bool = option(False, help="take over the lease of an earlier run whose heartbeat is stale (a driver "
                                         "that died on another host); a live driver's lease is never taken over")
     harmonics: Literal["published", "exact", "closed-form"] | None = option(

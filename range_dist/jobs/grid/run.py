@@ -12,7 +12,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.cube.store import TILE_COMPUTED, TILE_MISSING, finalize_cube, open_or_create_cube
+from range_dist.cube.integrity import check_tiles, reset_tiles
+from range_dist.cube.store import (
+    TILE_COMPUTED,
+    TILE_MISSING,
+    finalize_cube,
+    open_or_create_cube,
+    read_tile_status,
+)
 from range_dist.errors import ConfigError, Interrupted, RangeDistError
 from range_dist.geo.land import land_mask
 from range_dist.grid.spec import GridSpec, TileKey
@@ -113,6 +120,13 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
 def _run_leased(plan: GridPlan, executor: TileExecutor, log: Any) -> RunReport:
     cfg = plan.config
     status = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs, overwrite=cfg.overwrite)
+    if (status != TILE_MISSING).any():  # a resume: do the done tiles hold what the record promises?
+        bad = [c for c in check_tiles(cfg.out, full=cfg.verify) if c.state != "ok"]
+        if bad:
+            print(f"{len(bad)} tile(s) marked done failed their {'full' if cfg.verify else 'presence'} check "
+                  f"({', '.join(sorted({c.state for c in bad}))}); recomputing exactly them", file=log)
+            reset_tiles(cfg.out, [(c.row, c.col) for c in bad])
+            status = read_tile_status(cfg.out)
     todo = [t for t in plan.tiles if status[t.row, t.col] == TILE_MISSING]
     report = RunReport(tiles_total=len(plan.tiles), tiles_already_done=len(plan.tiles) - len(todo),
                        executor=executor.name)

@@ -1,0 +1,115 @@
+"""Per-tile integrity of a cube: what the completion record promises, checked against what is stored.
+
+Every tile written records, before its status, the CRC-32 of its embedding block as written (cube
+dtype, C order) and its count of embedded cells. Two checks:
+
+* cheap (every resume): each tile marked computed has its shard object, non-empty;
+* full (``range-dist verify``, ``embed-grid --verify``): each done tile is read back and its
+  checksum and cell count compared (a truncated or damaged shard also fails its read: zarr checks
+  the shard index's CRC-32C).
+
+A tile that fails is reset to missing (:func:`reset_tiles`), so the next run recomputes exactly it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from range_dist.cube.store import TILE_COMPUTED, TILE_MISSING, TILE_SKIPPED, read_tile_status
+
+
+def block_checksum(block: npt.NDArray[np.floating]) -> tuple[int, int]:
+    """(CRC-32 of the block's bytes, embedded cells) of a (beta, h, w, feature) block as stored.
+
+    zlib's CRC-32 runs at several GB/s here; a tile of 256² cells × 3 β × 1280 float16 (0.5 GB) costs
+    about 0.1 s, next to minutes of computing it on a CPU.
+    """
+    data = np.ascontiguousarray(block)
+    cells = int((~np.isnan(data[0, :, :, 0])).sum()) if data.size else 0
+    return zlib.crc32(data.data), cells
+
+
+@dataclass(frozen=True)
+class TileCheck:
+    """The check of one tile: ``state`` is ok, missing_data, unreadable, checksum_mismatch or cells_mismatch."""
+
+    row: int
+    col: int
+    status: int
+    state: str
+    detail: str = ""
+
+
+def shard_path(store: Path, row: int, col: int) -> Path:
+    """The local file of a tile's shard (Zarr v3 default chunk keys: ``c/`` and ``/`` separators)."""
+    return Path(store) / "embedding" / "c" / "0" / str(row) / str(col) / "0"
+
+
+def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
+    """Check every tile marked done; ``full`` reads each back (see the module notes)."""
+    import zarr
+
+    store = Path(store)
+    status = read_tile_status(store)
+    group: Any = zarr.open_group(str(store), mode="r")
+    recorded = "tile_checksum" in group
+    checksums = np.asarray(group["tile_checksum"][...]) if recorded else None
+    cells = np.asarray(group["tile_cells"][...]) if recorded else None
+    emb = group["embedding"]
+    tile = int(emb.shards[1]) if emb.shards is not None else int(emb.chunks[1])
+    checks = []
+    for row, col in zip(*np.nonzero(status != TILE_MISSING)):
+        row, col, st = int(row), int(col), int(status[row, col])
+        if st == TILE_SKIPPED:
+            checks.append(TileCheck(row, col, st, "ok", "skipped (no land)"))
+            continue
+        shard = shard_path(store, row, col)
+        if not shard.is_file() or shard.stat().st_size == 0:
+            checks.append(TileCheck(row, col, st, "missing_data", f"no shard object {shard.relative_to(store)}"))
+            continue
+        if not full:
+            checks.append(TileCheck(row, col, st, "ok"))
+            continue
+        try:
+            block = np.asarray(emb[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile, :])
+        except (OSError, ValueError, RuntimeError) as exc:  # zarr/numcodecs decode errors, shard index CRC
+            checks.append(TileCheck(row, col, st, "unreadable", f"{type(exc).__name__}: {exc}"))
+            continue
+        crc, n = block_checksum(block)
+        if checksums is None or cells is None:
+            checks.append(TileCheck(row, col, st, "ok", "readable (no checksum recorded: an older cube)"))
+        elif int(cells[row, col]) != n:
+            checks.append(TileCheck(row, col, st, "cells_mismatch", f"{n} embedded cells, {cells[row, col]} recorded"))
+        elif int(checksums[row, col]) != crc:
+            checks.append(TileCheck(row, col, st, "checksum_mismatch", f"CRC-32 {crc:08x}, recorded "
+                                                                       f"{int(checksums[row, col]):08x}"))
+        else:
+            checks.append(TileCheck(row, col, st, "ok"))
+    return checks
+
+
+def reset_tiles(store: str | Path, tiles: list[tuple[int, int]]) -> None:
+    """Mark ``tiles`` missing, so that the next run recomputes exactly them."""
+    import zarr
+
+    record = zarr.open_array(str(Path(store) / "tile_status"), mode="r+")
+    for row, col in tiles:
+        record[row, col] = TILE_MISSING
+
+
+def summary_table(checks: list[TileCheck]) -> str:
+    """A short table: counts per state, then one line per bad tile."""
+    from collections import Counter
+
+    counts = Counter(c.state for c in checks)
+    computed = sum(1 for c in checks if c.status == TILE_COMPUTED)
+    lines = [f"{len(checks)} tiles marked done ({computed} computed): "
+             + ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))]
+    lines += [f"  tile (row {c.row}, col {c.col}): {c.state} — {c.detail}" for c in checks if c.state != "ok"]
+    return "\n".join(lines)
