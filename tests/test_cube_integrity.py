@@ -82,3 +82,22 @@ def test_truncated_shard_is_unreadable(cube: tuple[Path, Path]) -> None:
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     bad = [c for c in check_tiles(copy, full=True) if c.state != "ok"]
     assert [(c.row, c.col, c.state) for c in bad] == [(0, 0, "unreadable")]
+
+
+def test_verify_command_reports_and_repairs_a_cube(cube: tuple[Path, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    clean, copy = cube
+    assert main(["verify", str(copy)]) == 0
+    assert "every done tile is present and matches its checksum" in capsys.readouterr().out
+    shard_path(copy, 0, 3).unlink()
+    shard = shard_path(copy, 2, 5)
+    data = bytearray(shard.read_bytes())
+    data[100:140] = bytes(40)
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(copy)]) == 2
+    captured = capsys.readouterr()
+    assert "tile (row 0, col 3): missing_data" in captured.out and "tile (row 2, col 5):" in captured.out
+    assert "--repair" in captured.err
+    assert main(["verify", str(copy), "--repair"]) == 0
+    assert "repaired: 2 tile(s) recomputed; 0 bad tile(s) left" in capsys.readouterr().out
+    _same(clean, copy)

@@ -123,3 +123,10 @@ def test_shards_cover_all_rows(sample_db: RetrievalDatabase) -> None:
     assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     with pytest.raises(DatabaseError, match="cannot split"):
         sample_db.shard_bounds(sample_db.rows + 1)
+
+
+def test_non_numeric_arrays_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match=r"<memory>: values holds strings \(dtype <U1\), not numbers"):
+        RetrievalDatabase(np.zeros((2, 2)), np.ones((2, 4)), np.array([["a"], ["b"]]))
+    with pytest.raises(DatabaseError, match=r"x\.npz: array 'satclip_embeddings' holds strings"):
+        RetrievalDatabase.open(_npz(tmp_path / "x.npz", satclip_embeddings=np.full((20, 256), "1.0")))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -129,7 +130,10 @@ def _to_int(v: Any) -> int:
 def _to_float(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise ValueError(v)
-    return float(v)
+    number = float(v)
+    if not math.isfinite(number):  # nan / inf pass every `x > 0` style check, then fail deep inside a run
+        raise ValueError(v)
+    return number
 
 
 def _exact(kind: type) -> Callable[[Any], Any]:
@@ -330,7 +334,7 @@ def _read_yaml(path: Path, known: list[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc}; check the path") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -345,6 +349,15 @@ def _read_yaml(path: Path, known: list[str]) -> dict[str, Any]:
         raise ConfigError(f"{path}: unknown setting {', '.join(hints)}; fix or remove it. "
                           f"The known settings are: {', '.join(known)}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: what is wrong and where (its own text quotes the lines with a caret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = "; ".join(str(p) for p in (exc.context, exc.problem) if p) or "not YAML"
+        return what + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+    return " ".join(str(exc).split())
 
 
 def to_mapping(config: Any) -> dict[str, Any]:

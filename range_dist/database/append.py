@@ -8,10 +8,17 @@ Commit protocol: a batch grows every array, writes its rows, and only then raise
 the group attributes. ``rows`` is the truth: on reopen, arrays longer than ``rows`` (a run killed
 mid-batch) are cut back, so a rerun never sees half a batch. A ``failures`` subgroup holds the
 failure table (location id, reason, detail), rewritten at every batch.
+
+Integrity record (see :mod:`range_dist.database.store`): the digests of the row blocks a batch
+touched are recomputed from the rows in memory (the committed head of the last partial block comes
+from the previous batch, or is read back once after a resume) and written in the same attributes
+update that raises ``rows``. A database begun before records existed gets one on resume, from
+what it holds then.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +27,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.database.store import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION
+from range_dist.database.store import (
+    ATTRS_KEY,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INTEGRITY_KEY,
+    WRITE_CONFIG,
+    block_digest,
+    integrity_record,
+    record_from_store,
+)
 from range_dist.errors import DatabaseError, StoreMismatchError
 from range_dist.util.jsonable import to_jsonable
+
+_LOG = logging.getLogger(__name__)
 
 #: Provenance columns of a built database and their numpy dtypes ("str" = variable-length string).
 PROVENANCE_COLUMNS: dict[str, str] = {
@@ -39,6 +57,8 @@ PROVENANCE_COLUMNS: dict[str, str] = {
     "nodata_fraction": "float32",
     "chip_crs": "str",
 }
+#: The arrays of a built database that hold rows (and are covered by the integrity record).
+DATA_ARRAYS: tuple[str, ...] = ("locations", "keys", "values", *PROVENANCE_COLUMNS)
 FAILURE_COLUMNS: tuple[str, ...] = ("location_id", "reason", "detail")
 #: Settings that must match between the store and a resumed run.
 IDENTITY_KEYS: tuple[str, ...] = ("key_encoder", "value_encoder", "radiometry", "chip_size", "rgb_rendering",
@@ -64,9 +84,16 @@ class RowBatch:
         return len(self.locations)
 
 
+def _joined(pieces: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """Consecutive row pieces as one array (a copy; strings as plain ``str`` values, never cut short)."""
+    if any(p.dtype.kind in "OUST" for p in pieces):
+        return np.array([v for p in pieces for v in p.tolist()], dtype=str)
+    return np.concatenate(pieces)
+
+
 def _create(group: Any, name: str, shape: tuple[int, ...], dtype: Any, chunk_rows: int, dims: tuple[str, ...]) -> None:
     chunks = (chunk_rows, *shape[1:])
-    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=dims)
+    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=dims, config=WRITE_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,9 @@ class DatabaseAppender:
     def __init__(self, path: Path, group: Any) -> None:
         self.path = path
         self.group = group
+        # array -> (first row, pieces) of the last partial row block as committed: the next batch
+        # completes that block's digest without reading it back
+        self._tails: dict[str, tuple[int, list[npt.NDArray[Any]]]] = {}
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -145,6 +175,8 @@ class DatabaseAppender:
         if state.action == "resume":
             appender = cls(path, zarr.open_group(str(path), mode="r+"))
             appender._truncate(state.rows)
+            if INTEGRITY_KEY not in appender.meta:
+                appender._adopt_record(state.rows)
             return appender
         if state.action == "replace":
             import shutil
@@ -159,17 +191,25 @@ class DatabaseAppender:
         failures = group.create_group("failures")
         for name in FAILURE_COLUMNS:
             _create(failures, name, (0,), str, chunk_rows, ("failure",))
+        record = integrity_record({name: {"chunk_rows": chunk_rows, "digests": []} for name in DATA_ARRAYS})
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **to_jsonable(dict(attrs)), "rows": 0,
                 "key_dim": key_dim, "value_dim": value_dim, "provenance_columns": sorted(PROVENANCE_COLUMNS),
-                "failures": 0}
+                "failures": 0, INTEGRITY_KEY: record}
         group.attrs[ATTRS_KEY] = meta
         return cls(path, group)
 
     def _truncate(self, rows: int) -> None:
-        for name in ("locations", "keys", "values", *PROVENANCE_COLUMNS):
+        for name in DATA_ARRAYS:
             arr = self.group[name]
             if arr.shape[0] != rows:
                 arr.resize((rows, *arr.shape[1:]))
+        self._tails.clear()
+
+    def _adopt_record(self, rows: int) -> None:
+        """Give a database begun before integrity records one, from what it holds now (reads every row)."""
+        _LOG.warning("%s: no integrity record (begun by an older range-dist); recording the %d committed rows as "
+                     "they are now", self.path, rows)
+        self._update_meta(**{INTEGRITY_KEY: record_from_store(self.path, self.group, DATA_ARRAYS, rows)})
 
     # ------------------------------------------------------------------ state
     @property
@@ -204,7 +244,8 @@ class DatabaseAppender:
         n = len(batch)
         if n == 0:
             return self.rows
-        start = self.rows
+        meta = self.meta
+        start = int(meta["rows"])
         stop = start + n
         missing = [c for c in PROVENANCE_COLUMNS if c not in batch.provenance]
         if missing:
@@ -218,10 +259,44 @@ class DatabaseAppender:
             if data.shape[0] != n or tuple(data.shape[1:]) != tuple(arr.shape[1:]):
                 raise DatabaseError(f"{self.path}: batch array {name!r} has shape {data.shape}, expected "
                                     f"({n}, *{tuple(arr.shape[1:])})")
+        record = dict(meta[INTEGRITY_KEY])
+        record["arrays"] = dict(record["arrays"])
+        tails: dict[str, tuple[int, list[npt.NDArray[Any]]]] = {}
+        for name, data in arrays.items():
+            arr = self.group[name]
             arr.resize((stop, *arr.shape[1:]))
-            arr[start:stop] = data
-        self._update_meta(rows=stop)
+            arr.with_config(WRITE_CONFIG)[start:stop] = data
+            record["arrays"][name], tails[name] = self._digests(name, arr, record["arrays"][name], start, data)
+        # commit: rows and the record of exactly those rows, in one attributes write, after the data
+        self._update_meta(rows=stop, **{INTEGRITY_KEY: record})
+        self._tails = tails
         return stop
+
+    def _digests(self, name: str, arr: Any, entry: Mapping[str, Any], start: int, data: npt.NDArray[Any]
+                 ) -> tuple[dict[str, Any], tuple[int, list[npt.NDArray[Any]]]]:
+        """The array's record entry once ``data`` is written at ``start``, and the new partial tail."""
+        chunk_rows = int(entry["chunk_rows"])
+        stop = start + len(data)
+        first_block = start // chunk_rows
+        head: list[npt.NDArray[Any]] = []
+        if first_block * chunk_rows < start:  # the batch completes a partial block: its committed head
+            tail = self._tails.get(name)
+            cached = tail is not None and tail[0] == first_block * chunk_rows and \
+                sum(len(p) for p in tail[1]) == start - tail[0]
+            head = tail[1] if tail is not None and cached else [np.asarray(arr[first_block * chunk_rows:start])]
+        digests = list(entry["digests"][:first_block])
+        pieces: list[npt.NDArray[Any]] = []
+        for block in range(first_block, (stop - 1) // chunk_rows + 1):
+            lo, hi = block * chunk_rows, min((block + 1) * chunk_rows, stop)
+            pieces = [*(head if lo < start else []), data[max(lo, start) - start:hi - start]]
+            digests.append(block_digest(pieces))
+        last = ((stop - 1) // chunk_rows) * chunk_rows
+        new_tail = (last, [_joined(pieces)]) if stop - last < chunk_rows else (stop, [])
+        updated: dict[str, Any] = {"chunk_rows": chunk_rows, "digests": digests}
+        unstored = [b for b in entry.get("unstored", []) if b < first_block]
+        if unstored:
+            updated["unstored"] = unstored
+        return updated, new_tail
 
     def set_failures(self, failures: Mapping[str, tuple[str, str]]) -> None:
         """Replace the failure table (location id -> (reason, detail))."""

@@ -63,7 +63,8 @@ def read_points(path: str | Path) -> npt.NDArray[np.float64]:
     if len(frame) == 0:
         raise ConfigError(f"points file {path} has a header ({', '.join(map(str, frame.columns))}) but no rows; "
                           "add one row per point")
-    values = frame[[lon, lat]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    # a copy: pandas' copy-on-write hands out read-only arrays, which torch warns about
+    values = frame[[lon, lat]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
     return validate_lonlat(values, source=str(path), row_labels=labels, row_label_name=label_name)
 
 
