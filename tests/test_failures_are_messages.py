@@ -171,3 +171,41 @@ def _session_of(pid: int) -> int | None:
         return os.getsid(pid)
     except (ProcessLookupError, PermissionError):
         return None
+
+
+def test_a_killed_driver_leaves_no_ray_process(sample_assets: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL of the driver alone: the local Ray it started (agents included) goes with it."""
+    ckpt, db = sample_assets
+    out = tmp_path / "cube.zarr"
+    args = ["embed-grid", "--satclip", str(ckpt), "--db", str(db), "--out", str(out), "--resolution", "2",
+            "--tile-size", "3", "--chunk-size", "3", "--executor", "ray", "--betas", "0,1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "range_dist", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "tile_status").exists() and (read_tile_status(out) != TILE_MISSING).sum() >= 5:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None
+    names = sorted(_names_in_session(proc.pid))
+    assert any("raylet" in n for n in names), names  # a local Ray is running in the driver's session
+    proc.kill()  # the driver only, not its session
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _names_in_session(proc.pid):
+        time.sleep(0.5)
+    assert not _names_in_session(proc.pid)
+
+
+def _names_in_session(sid: int) -> list[str]:
+    import psutil
+
+    names = []
+    for p in psutil.process_iter(["pid", "name"]):
+        if _session_of(p.pid) == sid:
+            try:
+                names.append(" ".join(p.cmdline())[:80] or p.name())
+            except psutil.Error:
+                continue
+    return names

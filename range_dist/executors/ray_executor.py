@@ -79,9 +79,42 @@ def _init_ray(address: str | None) -> bool:
         # address="local": always a new instance; a bare init() would try to join any cluster that
         # `ray start` once recorded on this machine, even a dead one.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        _start_watchdog()
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     return True
+
+
+def _start_watchdog() -> None:
+    """Have the local Ray this driver just started shut down with it, however it ends.
+
+    See :mod:`range_dist.executors.ray_watchdog`: the watchdog holds the read end of a pipe whose
+    write end only this process has; the kernel closes it when this process ends.
+    """
+    import json
+    import subprocess
+
+    import psutil
+
+    me = psutil.Process()
+    started = [(p.pid, p.create_time()) for p in me.children(recursive=True)]
+    raylet = next((p.pid for p in me.children(recursive=True) if "raylet" in p.name()), None)
+    spec = json.dumps({"started": started, "raylet_pid": raylet})
+    watchdog = subprocess.Popen([sys.executable, "-m", "range_dist.executors.ray_watchdog", spec],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+    _WATCHDOGS.append(watchdog)  # keeps the pipe's write end open for this process's lifetime
+
+
+_WATCHDOGS: list[Any] = []
+
+
+def stop_local_ray() -> None:
+    """``ray.shutdown()``, then let the watchdogs end whatever of that instance did not stop."""
+    ray.shutdown()
+    while _WATCHDOGS:
+        watchdog = _WATCHDOGS.pop()
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
 
 
 @ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_RESTARTS)
@@ -240,7 +273,7 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
         return replicas_n, startup
     finally:
         if started:
-            ray.shutdown()
+            stop_local_ray()
 
 
 # ---------------------------------------------------------------------------- database build
@@ -289,7 +322,7 @@ def encode_batches_on_ray(plan: BuildPlan, address: str | None = None) -> Iterat
                 yield ray.get(ref)
     finally:
         if started:
-            ray.shutdown()
+            stop_local_ray()
 
 
 class RayExecutor:

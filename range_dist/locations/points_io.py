@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,9 +65,31 @@ def read_points(path: str | Path) -> npt.NDArray[np.float64]:
     if len(frame) == 0:
         raise ConfigError(f"points file {path} has a header ({', '.join(map(str, frame.columns))}) but no rows; "
                           "add one row per point")
-    # a copy: pandas' copy-on-write hands out read-only arrays, which torch warns about
-    values = frame[[lon, lat]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    values = np.stack([_numbers(frame[lon]), _numbers(frame[lat])], axis=1)
     return validate_lonlat(values, source=str(path), row_labels=labels, row_label_name=label_name)
+
+
+def _numbers(column: Any) -> npt.NDArray[np.float64]:
+    """A column as float64, NaN where a cell is not a number (validate_lonlat then names the first one)."""
+    import pandas as pd
+
+    try:
+        # a copy: pandas' copy-on-write hands out read-only arrays, which torch warns about
+        return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    except (OverflowError, TypeError, ValueError):  # "coerce" still raises for an integer beyond float range
+        return np.array([_number(v) for v in column], dtype=np.float64)
+
+
+def _number(v: Any) -> float:
+    """One cell, read as :func:`pandas.to_numeric` reads it; an integer beyond float range is ±inf."""
+    import pandas as pd
+
+    try:
+        return float(pd.to_numeric(v, errors="coerce"))
+    except OverflowError:
+        return -math.inf if str(v).lstrip().startswith("-") else math.inf
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def write_embeddings(
