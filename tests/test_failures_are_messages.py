@@ -33,12 +33,13 @@ def tmpfs(where: Path, size: str, read_only: bool = False) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def _grid(ckpt: Path, db: Path, out: Path) -> list[str]:
+def _grid(ckpt: Path, db: Path, out: Path, executor: str = "local") -> list[str]:
     return ["embed-grid", "--satclip", str(ckpt), "--db", str(db), "--out", str(out), "--resolution", "10",
-            "--tile-size", "6", "--chunk-size", "3", "--executor", "local", "--betas", "0,0.5,1"]
+            "--tile-size", "6", "--chunk-size", "3", "--executor", executor, "--betas", "0,0.5,1"]
 
 
-def test_disk_full_is_a_message_and_a_rerun_resumes(sample_assets: tuple[Path, Path], tmp_path: Path,
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_disk_full_is_a_message_and_a_rerun_resumes(sample_assets: tuple[Path, Path], tmp_path: Path, executor: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     ckpt, db = sample_assets
     clean = tmp_path / "clean.zarr"
@@ -46,7 +47,8 @@ def test_disk_full_is_a_message_and_a_rerun_resumes(sample_assets: tuple[Path, P
     with tmpfs(tmp_path / "small", "700k") as small:
         out = small / "cube.zarr"
         capsys.readouterr()
-        assert main(_grid(ckpt, db, out)) == 2
+        # on Ray the OSError is raised in an actor: it must still reach the user as this one line
+        assert main(_grid(ckpt, db, out, executor)) == 2
         err = capsys.readouterr().err.strip()
         last = err.splitlines()[-1]  # the plan and progress come first, then one error line
         assert last.startswith("range-dist embed-grid: error: writing tile")
@@ -209,3 +211,29 @@ def _names_in_session(sid: int) -> list[str]:
             except psutil.Error:
                 continue
     return names
+
+
+def test_overwrite_of_a_plain_file_is_refused(sample_assets: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, db = sample_assets
+    plain = tmp_path / "cube.zarr"
+    plain.write_text("not a store")
+    assert main([*_grid(ckpt, db, plain), "--overwrite"]) == 2
+    assert "is a file, not a Zarr store" in capsys.readouterr().err
+    assert plain.read_text() == "not a store"
+
+
+def test_a_sample_checkpoint_flags_the_cube_even_with_a_real_database(sample_assets: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    import zarr
+
+    from range_dist.database.store import NPZ_KEYS, NPZ_LOCATIONS, NPZ_VALUES, RetrievalDatabase
+
+    ckpt, db = sample_assets
+    sample_db = RetrievalDatabase.open(db)
+    plain_db = tmp_path / "plain.npz"  # the published layout, without the sample note
+    np.savez(plain_db, **{NPZ_LOCATIONS: sample_db.locations, NPZ_KEYS: sample_db.keys, NPZ_VALUES: sample_db.values})
+    assert not RetrievalDatabase.open(plain_db).describe().get("sample")
+    out = tmp_path / "cube.zarr"
+    assert main(_grid(ckpt, plain_db, out)) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["range_dist:sample_assets"] is True
