@@ -217,10 +217,10 @@ def configs(draw: st.DrawFn) -> JobConfig:
         out=Path(draw(_texts)),
         tile_size=chunk * draw(st.integers(-4, 8)),
         chunk=chunk,
-        scale=draw(st.floats(allow_nan=False)),
+        scale=draw(st.floats(allow_nan=False, allow_infinity=False)),  # non-finite numbers are refused
         land_only=draw(st.booleans()),
         name=draw(_texts),
-        tolerance=draw(st.none() | st.floats(allow_nan=False)),
+        tolerance=draw(st.none() | st.floats(allow_nan=False, allow_infinity=False)),
         kind=draw(st.sampled_from(["a", "b"])),
         levels=tuple(draw(st.lists(st.floats(0, 1), min_size=1, max_size=4))),
         gdal=tuple(sorted(draw(st.dictionaries(_names, _texts, max_size=3)).items())),

@@ -115,13 +115,10 @@ def test_database_without_record_warns_and_verify_says_so(db_copy: Path, caplog:
 
 
 def test_verify_refuses_what_is_not_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cube = zarr.open_group(str(tmp_path / "cube.zarr"), mode="w", zarr_format=3)
-    cube.attrs["range_dist:signature"] = "x"
-    rc, _, err = _cli(capsys, "verify", tmp_path / "cube.zarr")
-    assert rc == 2 and "is an embedding cube" in err and "cubes is not supported yet" in err
+    # (cubes are verified too: tests/test_cube_integrity.py)
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
     rc, _, err = _cli(capsys, "verify", tmp_path / "other.zarr")
-    assert rc == 2 and "not a range-dist database" in err and "cubes is not supported yet" in err
+    assert rc == 2 and "not a range-dist database" in err and "embedding cubes written by embed-grid" in err
     (tmp_path / "notes.txt").write_text("hello")
     rc, _, err = _cli(capsys, "verify", tmp_path / "notes.txt")
     assert rc == 2 and "not a range-dist database" in err

@@ -26,7 +26,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 #: (west, south, east, north) in degrees.
 BBox = tuple[float, float, float, float]
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)\Z")  # ASCII digits: torch rejects others with a RuntimeError
 
 
 def _numbers(value: Any, what: str, example: str) -> tuple[float, ...]:
@@ -118,10 +118,10 @@ def resolve_device(value: str | torch.device) -> torch.device:
     text = parse_device(value)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(text)
-    if device.type == "cuda":
+    if text.startswith("cuda"):  # checked before torch.device(), which fails on an index beyond int64
         if not torch.cuda.is_available():
             raise ConfigError(f"device {text!r} asked for, but no CUDA GPU is available here; use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        index = text.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
             raise ConfigError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s) exist here")
-    return device
+    return torch.device(text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,17 @@ def read_tile_status(path: Path) -> npt.NDArray[np.uint8]:
     return np.asarray(zarr.open_array(str(path / "tile_status"), mode="r")[...], dtype=np.uint8)
 
 
+def block_checksum(block: npt.NDArray[np.floating]) -> tuple[int, int]:
+    """(CRC-32 of the block's bytes, embedded cells) of a (beta, h, w, feature) block as stored.
+
+    zlib's CRC-32 runs at several GB/s here; a tile of 256² cells × 3 β × 1280 float16 (0.5 GB) costs
+    about 0.1 s, next to minutes of computing it on a CPU.
+    """
+    data = np.ascontiguousarray(block)
+    cells = int((~np.isnan(data[0, :, :, 0])).sum()) if data.size else 0
+    return zlib.crc32(data.data), cells
+
+
 def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None, status: int) -> int:
     """Write one tile's (beta, h, w, feature) block as a whole shard, then mark it in the record.
 
@@ -243,8 +255,6 @@ def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None
         Bytes of embedding data written (0 for a skipped tile).
     """
     import zarr
-
-    from range_dist.cube.integrity import block_checksum
 
     written = 0
     try:

@@ -1,0 +1,1 @@
+"""Encoders: the SatCLIP location encoder (harmonics, SIREN), image encoders, checkpoint I/O."""

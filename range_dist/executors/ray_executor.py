@@ -78,27 +78,33 @@ def _init_ray(address: str | None) -> bool:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": always a new instance; a bare init() would try to join any cluster that
         # `ray start` once recorded on this machine, even a dead one.
+        before = _descendants()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-        _start_watchdog()
+        _start_watchdog(before)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     return True
 
 
-def _start_watchdog() -> None:
+def _descendants() -> dict[int, Any]:
+    import psutil
+
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _start_watchdog(before: dict[int, Any]) -> None:
     """Have the local Ray this driver just started shut down with it, however it ends.
 
     See :mod:`range_dist.executors.ray_watchdog`: the watchdog holds the read end of a pipe whose
-    write end only this process has; the kernel closes it when this process ends.
+    write end only this process has; the kernel closes it when this process ends. Only the
+    processes that ``ray.init`` started are listed (not ``before``: the caller's own servers).
     """
     import json
     import subprocess
 
-    import psutil
-
-    me = psutil.Process()
-    started = [(p.pid, p.create_time()) for p in me.children(recursive=True)]
-    raylet = next((p.pid for p in me.children(recursive=True) if "raylet" in p.name()), None)
+    ray_processes = [p for pid, p in _descendants().items() if pid not in before]
+    started = [(p.pid, p.create_time()) for p in ray_processes]
+    raylet = next((p.pid for p in ray_processes if "raylet" in p.name()), None)
     spec = json.dumps({"started": started, "raylet_pid": raylet})
     watchdog = subprocess.Popen([sys.executable, "-m", "range_dist.executors.ray_watchdog", spec],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)

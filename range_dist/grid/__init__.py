@@ -1,1 +1,1 @@
-"""Global lat/lon grids, their tiling, and the embed-grid job."""
+"""Global regular lat/lon grids and their tiles (pure); the grid job itself is :mod:`range_dist.jobs.grid`."""

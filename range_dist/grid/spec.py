@@ -17,6 +17,9 @@ import numpy.typing as npt
 from range_dist.config.values import BBox, parse_bbox
 from range_dist.errors import ConfigError
 
+#: Smallest cell size in degrees.
+MIN_RESOLUTION = 1e-4
+
 
 @dataclass(frozen=True)
 class GridSpec:
@@ -34,6 +37,9 @@ class GridSpec:
         res = self.resolution
         if not (isinstance(res, (int, float)) and math.isfinite(res) and 0 < res <= 90):
             raise ConfigError(f"resolution={res!r}: expected a cell size in degrees in (0, 90], e.g. 0.25")
+        if res < MIN_RESOLUTION:  # 180/res would also pass the whole-multiple test below by rounding
+            raise ConfigError(f"resolution={res!r}: below {MIN_RESOLUTION}° (about 11 m at the equator) is not "
+                              "supported; the grid would hold more than 6.5e12 cells")
         if abs(180.0 / res - round(180.0 / res)) > 1e-9:
             raise ConfigError(f"resolution={res}: 180 must be a whole multiple of it (e.g. 1, 0.5, 0.25, 0.1)")
         object.__setattr__(self, "bbox", parse_bbox(self.bbox))

@@ -1,0 +1,1 @@
+"""Location sets (ids, sampling on land) and point / per-point embedding files."""
