@@ -18,6 +18,8 @@ import signal
 import sys
 import time
 
+from range_dist.util.lease import pid_runs
+
 
 def _environ_names_raylet(pid: int, raylet_pid: int) -> bool:
     try:
@@ -55,19 +57,9 @@ def end(pids: list[int], grace_s: float = 3.0) -> None:
                 continue
         deadline = time.time() + grace_s
         while sig == signal.SIGTERM and time.time() < deadline:
-            if not any(_alive(p) for p in pids):
+            if not any(pid_runs(p) for p in pids):
                 return
             time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main() -> None:

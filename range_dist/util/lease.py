@@ -70,7 +70,8 @@ def read_holder(store: str | Path) -> LeaseHolder | None:
         return None
 
 
-def _pid_runs(pid: int) -> bool:
+def pid_runs(pid: int) -> bool:
+    """True while a process ``pid`` exists (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def _pid_runs(pid: int) -> bool:
 
 def holder_is_gone(holder: LeaseHolder) -> bool:
     """True when the holder ran on this host and its process no longer runs."""
-    return holder.host == socket.gethostname() and not _pid_runs(holder.pid)
+    return holder.host == socket.gethostname() and not pid_runs(holder.pid)
 
 
 def stale_reason(holder: LeaseHolder, now: float, timeout_s: float = TIMEOUT_S) -> str | None:
