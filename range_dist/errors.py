@@ -69,3 +69,10 @@ class Interrupted(RangeDistError):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    @classmethod
+    def after(cls, cause: BaseException, done: str, store: object) -> Interrupted:
+        """The message of a run stopped by ``cause`` (KeyboardInterrupt or an Interrupted) after ``done``."""
+        code = cause.exit_code if isinstance(cause, Interrupted) else 130
+        name = "SIGTERM" if code == 143 else "SIGINT"
+        return cls(f"stopped by {name} after {done}. Rerun the same command to resume: {store}", exit_code=code)

@@ -83,11 +83,9 @@ def _run_leased(plan: BuildPlan, executor: BatchExecutor, quiet: bool, lease: di
     try:
         _append_all(plan, executor, appender, failures, report, progress)
     except (KeyboardInterrupt, Interrupted) as exc:
-        code = exc.exit_code if isinstance(exc, Interrupted) else 130
-        raise Interrupted(
-            f"stopped by {'SIGTERM' if code == 143 else 'SIGINT'} after {report.rows_written} new rows "
-            f"({sum(report.failures.values())} failed, {plan.done} done before) of {len(plan.locations)} locations; "
-            f"committed rows are kept. Rerun the same command to resume: {config.out}", exit_code=code) from None
+        raise Interrupted.after(
+            exc, f"{report.rows_written} new rows ({sum(report.failures.values())} failed, {plan.done} done before) "
+            f"of {len(plan.locations)} locations; committed rows are kept", config.out) from None
     report.wall_s = time.perf_counter() - start
     appender.finish({**report.as_dict(), "lease": lease})
     if not quiet:

@@ -111,8 +111,7 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
             print(f"took over the lease of {lease.replaced.describe(time.time())}: {lease.replaced_reason}", file=log)
         report = _run_leased(with_fast_plan(plan, log), executor, log)
         report.lease = lease.report()
-    finalize_cube(cfg.out, {**report.as_dict(), "tiles_computed_total": report.tiles_computed_total,
-                            "sample_assets": plan.sample})
+        finalize_cube(cfg.out, {**report.as_dict(), "sample_assets": plan.sample})
     print(report.summary(cfg.out, sample=plan.sample), file=log)
     return report
 
@@ -142,14 +141,12 @@ def _run_leased(plan: GridPlan, executor: TileExecutor, log: Any) -> RunReport:
         try:
             report.parallel_workers, report.startup_seconds = executor.run_tiles(plan, todo, on_result, log=log)
         except (KeyboardInterrupt, Interrupted) as exc:
-            code = exc.exit_code if isinstance(exc, Interrupted) else 130
-            signal_name = "SIGTERM" if code == 143 else "SIGINT"
-            raise Interrupted(
-                f"stopped by {signal_name} after {report.tiles_computed + report.tiles_skipped} of {len(todo)} "
-                f"tiles ({report.tiles_already_done} were done before); tiles in flight were not marked done. "
-                f"Rerun the same command to resume: {cfg.out}", exit_code=code) from None
+            finished = report.tiles_computed + report.tiles_skipped
+            raise Interrupted.after(
+                exc, f"{finished} of {len(todo)} tiles ({report.tiles_already_done} were done before); tiles in "
+                "flight were not marked done", cfg.out) from None
     report.wall_seconds = time.perf_counter() - start
-    final = open_or_create_cube(cfg.out, plan.layout, plan.signature, plan.attrs)
+    final = read_tile_status(cfg.out)
     missing = int((final == TILE_MISSING).sum())
     if missing:
         raise RangeDistError(f"{missing} tile(s) are still missing in {cfg.out}; rerun the same command to resume")
