@@ -66,8 +66,8 @@ def main() -> None:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from range_dist.assets import write_sample_assets
-    from range_dist.jobs.grid.config import GridJobConfig
     from range_dist.executors import executor_for
+    from range_dist.jobs.grid.config import GridJobConfig
     from range_dist.jobs.grid.plan import build_plan, load_inputs
     from range_dist.jobs.grid.run import run_grid
 
