@@ -81,21 +81,19 @@ def run_embed_grid(args: argparse.Namespace) -> int:
     if assets.origin != "given":
         print(f"using {assets.describe()}", file=sys.stderr)
     sample = assets.origin == "sample"
+    resolved = dataclasses.replace(config, satclip=assets.checkpoint, db=assets.database)
     if args.dry_run:
         if assets.to_write:  # describe the run on the samples as they would be written, write nothing
             location, database = sample_models()
             inputs = GridInputs(location, database, assets.checkpoint, assets.database, None, sample=True)
-            resolved = dataclasses.replace(config, satclip=assets.checkpoint, db=assets.database)
         else:
-            resolved = dataclasses.replace(config, satclip=assets.checkpoint, db=assets.database)
             inputs = load_inputs(resolved, sample=sample)
         print(build_plan(resolved, inputs).describe())
         return 0
     from range_dist.executors import executor_for
     from range_dist.jobs.grid.run import run_grid
 
-    assets = materialize(assets)
-    resolved = dataclasses.replace(config, satclip=assets.checkpoint, db=assets.database)
+    materialize(assets)  # writes the sample assets when they were asked for and are not there yet
     plan = build_plan(resolved, load_inputs(resolved, sample=sample))
     run_grid(plan, executor_for(config.executor, config.ray_address))
     return 0
