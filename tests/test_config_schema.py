@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -151,9 +152,13 @@ def test_bad_yaml_files(tmp_path: Path) -> None:
         from_sources(JobConfig, yaml_path=tmp_path / "missing.yaml")
 
 
-def test_post_init_error_propagates_unchanged() -> None:
-    with pytest.raises(ConfigError, match=r"^tile_size=100, chunk=32: chunk must divide tile_size$"):
+def test_post_init_error_names_its_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^flags: tile_size=100, chunk=32: chunk must divide tile_size$"):
         from_sources(JobConfig, flags={"out": "x", "tile_size": "100"})
+    path = tmp_path / "job.yaml"
+    path.write_text("tile_size: 100\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} \+ flags: tile_size=100, chunk=32"):
+        from_sources(JobConfig, yaml_path=path, flags={"out": "x"})
 
 
 def test_boolean_optional_action() -> None:

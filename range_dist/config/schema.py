@@ -325,7 +325,15 @@ def from_sources(config_cls: type[T], *, yaml_path: str | Path | None = None,
         raise ConfigError("; ".join(f"missing required setting {s.name}: " + " or ".join(
             ([f"pass {s.flag}"] if s.meta.cli else []) + ([f"set `{s.name}:` in the YAML"] if s.meta.yaml else []))
             for s in missing))
-    return config_cls(**values)  # __post_init__ checks the rules across fields; its errors propagate as they are
+    try:
+        return config_cls(**values)  # __post_init__ checks the rules across fields
+    except ConfigError as exc:
+        # name where the offending values came from: the YAML file, the flags, or both
+        sources = [str(yaml_path)] if yaml_path is not None else []
+        sources += ["flags"] if any(given.get(s.name) is not None for s in settings if s.meta.cli) else []
+        if not sources:
+            raise
+        raise ConfigError(f"{' + '.join(sources)}: {exc}") from exc
 
 
 def _read_yaml(path: Path, known: list[str]) -> dict[str, Any]:
