@@ -11,28 +11,6 @@ bash workflows/setup_env.sh
 # the same check as range_dist.assets.resolve_assets: both files in the huggingface_hub cache, no network
 if python -c "import sys; from range_dist.assets import cached_published_assets; sys.exit(cached_published_assets() is None)"
 then
-#  * with the published assets cached (`range-dist fetch-assets` has run): a global 1° RANGE+ cube on a
-#    local Ray, `range-dist embed-grid --config workflows/global_1deg.yaml` (extra arguments go to it);
-#  * otherwise: `range-dist demo`, the whole chain offline on a generated sample world (scenes, local STAC
-#    API, database build, Ray grid, maps, probes) with labelled random-weight sample assets.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash workflows/setup_env.sh
-. .venv/bin/activate
-# the same check as range_dist.jobs.grid.plan.resolve_assets: both files in the huggingface_hub cache, no network
-if python - <<'PY'
-import sys
-from huggingface_hub import hf_hub_download
-from range_dist.assets import DATABASE_FILES, DATABASE_REPO, SATCLIP_FILE, SATCLIP_REPO, default_cache_dir
-
-cache = default_cache_dir()
-try:
-    hf_hub_download(SATCLIP_REPO, SATCLIP_FILE, cache_dir=cache, local_files_only=True)
-    hf_hub_download(DATABASE_REPO, DATABASE_FILES["med"], repo_type="dataset", cache_dir=cache, local_files_only=True)
-except Exception:
-    sys.exit(1)
-PY
-then
     range-dist embed-grid --config workflows/global_1deg.yaml "$@"
     echo
     echo "Open it:  python -c \"import xarray as xr; print(xr.open_zarr('runs/global_1deg.zarr', decode_coords='all'))\""
