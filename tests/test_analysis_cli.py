@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,11 @@ def test_probe_prints_a_table_and_writes_csv(cube: Path, tmp_path: Path, capsys:
     argv = ["probe", "--task", "landocean,checkerboard:16", "--size", "300", "--cube", str(cube), "--betas", "0.5",
             "--baselines", "direct,wrap,satclip,geoclip", "--satclip", str(ckpt), "--csv", str(tmp_path / "r.csv")]
     assert _run(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| landocean | wrap | accuracy |" in out and "| checkerboard:16 | cube beta=0.5 (bilinear) |" in out
+    assert "probe: landocean / wrap: accuracy" in captured.err
+    assert re.search(r"probe: (\d+)/\1 probes \(100%\)", captured.err)  # progress per probe, to the end
     frame = pd.read_csv(tmp_path / "r.csv")
     assert len(frame) == 2 * (3 + 1) + (2 if "geoclip: skipped" not in out else 0)
     with pytest.raises(ConfigError, match="nothing to probe"):

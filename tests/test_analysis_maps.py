@@ -76,3 +76,17 @@ def test_land_boundary_follows_coastlines() -> None:
     assert not edge[90, 170]  # mid-Pacific, far from land
     # the west coast of Africa near 15°W..17°W at 15°N is on the boundary
     assert edge[73:77, 160:166].any()
+
+
+def test_a_map_of_sample_assets_says_so_on_the_picture_and_in_the_png(cube: Path, tmp_path: Path) -> None:
+    import zarr
+
+    assert zarr.open_group(str(cube), mode="r").attrs["range_dist:sample_assets"] is True
+    result = render_map(cube, 0.5, tmp_path / "map.png")
+    with Image.open(result.png) as img:
+        text = dict(img.text)  # type: ignore[attr-defined]
+        pixels = np.asarray(img)
+    assert text["range_dist:sample_assets"] == "true" and text["Label"].startswith("SAMPLE - untrained")
+    assert text["range_dist:beta"] == "0.5" and text["range_dist:method"] == "ica"
+    # the label box: white across the top-left, as wide as the sample warning
+    assert (pixels[1:13, 2 : 7 * len(text["Label"])] == 255).all(axis=-1).mean() > 0.5

@@ -15,6 +15,7 @@ EPSG:4326 with the cube's cell-edge transform.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -191,6 +192,7 @@ def rgb_to_uint8(rgb: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.uint8], 
 def write_png(
     rgb: npt.NDArray[np.floating], path: str | Path, *, lat_edges: tuple[float, float],
     lon_edges: tuple[float, float], scale: int = 1, outline: bool = True, label: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write an RGB field as a PNG, upscaled, with NaN cells grey and a land outline.
 
@@ -202,11 +204,13 @@ def write_png(
         scale: integer upscaling factor (nearest neighbour); the PNG is (H*scale, W*scale).
         outline: draw the global-land-mask coastline.
         label: text drawn in the top-left corner (ASCII).
+        metadata: PNG text chunks (tEXt) to store, e.g. provenance and a sample warning.
 
     Returns:
         The path written.
     """
     from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
 
     if scale < 1:
         raise ConfigError(f"scale={scale}: expected a positive integer upscaling factor")
@@ -222,7 +226,10 @@ def write_png(
         draw.text((3, 2), label, fill=(0, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", optimize=True)
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, value)
+    image.save(path, format="PNG", optimize=True, pnginfo=info)
     return path
 
 
@@ -315,7 +322,14 @@ def render_map(
     lon_edges = (axes.lon0 - axes.dlon / 2, axes.lon0 + (axes.n_lon - 0.5) * axes.dlon)
     factor = scale or default_scale(axes.n_lon)
     label = f"beta={float(beta):g} {method.upper()}"
+    sample = bool(ds.attrs.get("range_dist:sample_assets", False))
+    if sample:  # a map of an untrained sample must say so on the picture itself, not only in the cube
+        label = f"SAMPLE - untrained, not the published model | {label}"
+    metadata = {"Title": str(ds.attrs.get("title", "RANGE geo-embedding map")), "Label": label,
+                "range_dist:beta": f"{float(beta):g}", "range_dist:method": method,
+                "range_dist:sample_assets": "true" if sample else "false",
+                "Software": f"range-dist {ds.attrs.get('range_dist:version', '')}".strip()}
     png_path = write_png(rgb, png, lat_edges=lat_edges, lon_edges=lon_edges, scale=factor, outline=outline,
-                         label=label)
+                         label=label, metadata=metadata)
     tif_path = write_geotiff(rgb, lat, lon, geotiff) if geotiff is not None else None
     return MapResult(float(beta), png_path, tif_path, (axes.n_lon * factor, axes.n_lat * factor), projection)

@@ -7,6 +7,7 @@ Thin: parse, call the analysis library, print, return an exit code. Errors are
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,15 @@ def run_probe(args: argparse.Namespace) -> int:
         print(f"{task.name}: {task.description}")
     for note in skipped:
         print(note)
-    results = run_probes(tasks, encoders)
+    from range_dist.util.progress import Progress
+
+    progress = Progress(total=len(tasks) * len(encoders), unit="probes", label="probe", stream=sys.stderr)
+
+    def on_result(result: Any) -> None:  # each (task, encoder) fit takes seconds to minutes: say which is done
+        print(f"probe: {result.task} / {result.encoder}: {result.metric} {result.score:.3f}", file=sys.stderr)
+        progress.update(1)
+
+    results = run_probes(tasks, encoders, on_result=on_result)
     print()
     print(results_markdown(results))
     if args.csv is not None:
