@@ -58,6 +58,13 @@ class ChipReadError(RangeDistError):
 class StoreWriteError(RangeDistError):
     """Writing to an output store failed (disk full, I/O error); the unit being written is not marked done."""
 
+    @classmethod
+    def of(cls, exc: OSError, what: str, kept: str) -> StoreWriteError:
+        """``what`` failed with ``exc``: the error's reason and errno, what is kept, and how to resume."""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return cls(f"{what} failed: {reason} (errno {exc.errno}). {kept}; free space (or fix the store's "
+                   "location) and rerun the same command to resume.")
+
 
 class Interrupted(RangeDistError):
     """A run stopped by SIGINT (exit 130) or SIGTERM (exit 143); what was finished is kept.

@@ -122,9 +122,7 @@ def run_sample(args: argparse.Namespace) -> int:
     ds = open_cube(args.cube)
     points = read_points(args.points)
     betas = None if args.betas is None else list(parse_betas(args.betas))
-    if Path(args.out).exists() and not args.overwrite:
-        raise ConfigError(f"--out {args.out} already exists; pass --overwrite to replace it")
-    check_output_location(args.out)
+    check_output_location(args.out, overwrite=args.overwrite)
     if args.dry_run:
         print(f"sample plan: read {args.cube} {dict(ds.sizes)} at {len(points):,} points of {args.points} "
               f"({args.method}); write {args.out}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from range_dist.errors import ConfigError
+from range_dist.util.outputs import check_output_location
 
 
 def _print_db_info(db: Any, sample: int) -> None:
@@ -27,18 +28,13 @@ def _print_db_info(db: Any, sample: int) -> None:
     print(check_row_alignment(db, sample=sample).summary())
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
-
-
 def run_import_db(args: argparse.Namespace) -> int:
     """Import a published-layout .npz database into the Zarr form."""
     from range_dist.database import RetrievalDatabase
 
     if Path(args.out).suffix != ".zarr":
         raise ConfigError(f"--out {args.out}: the database store must end in .zarr")
-    _refuse_existing(args.out, args.overwrite)
+    check_output_location(args.out, overwrite=args.overwrite)
     db = RetrievalDatabase.open(args.npz)
     if args.dry_run:
         print(f"import-db plan: read {args.npz} ({db.rows} rows); write {args.out}"
@@ -57,7 +53,7 @@ def run_export_db(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".npz", ".parquet", ".geoparquet"):
         raise ConfigError(f"--out {out}: unsupported export type {out.suffix!r}; use .npz or .parquet (GeoParquet)")
-    _refuse_existing(out, args.overwrite)
+    check_output_location(out, overwrite=args.overwrite)
     db = RetrievalDatabase.open(args.db)
     if args.dry_run:
         print(f"export-db plan: read {args.db} ({db.rows} rows); write {out}")
@@ -86,7 +82,7 @@ def run_sample_locations(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise ConfigError(f"--out {args.out}: use a .parquet or .csv file")
-    _refuse_existing(args.out, args.overwrite)
+    check_output_location(args.out, overwrite=args.overwrite)
     if args.dry_run:
         print(f"sample-locations plan: {args.count} locations (seed {args.seed}, "
               f"{'land and ocean' if args.include_ocean else 'land only'}) -> {args.out}")

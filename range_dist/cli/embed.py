@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from range_dist.errors import ConfigError
-
 
 def run_embed_points(args: argparse.Namespace) -> int:
     """Embed the points of a CSV/Parquet file with RANGE / RANGE+."""
@@ -24,9 +22,7 @@ def run_embed_points(args: argparse.Namespace) -> int:
     tolerance = check_tolerance(args.mode, args.tolerance)
     parse_device(args.device)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"output {out} already exists; pass --overwrite to replace it")
-    check_output_location(out)  # before any computing
+    check_output_location(out, overwrite=args.overwrite)  # before any computing
     points = read_points(args.points)
     location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics, trust=args.trust_checkpoint)
     db = RetrievalDatabase.open(args.db)

@@ -17,26 +17,30 @@ from typing import Any
 from range_dist.errors import ConfigError
 
 
+def _store_attrs(path: Path) -> dict[str, Any] | None:
+    """The attributes in a Zarr v3 store's ``zarr.json``; None when there is none or it is unreadable."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
 def _refuse_non_database(path: Path) -> None:
-    """Refuse, with what it is, a path that is not a range-dist database (a cube, another store, a file)."""
-    from range_dist.cube.store import SIGNATURE_KEY
+    """Refuse, with what it is, a path that is not a range-dist database (another store, a file)."""
     from range_dist.database.store import ATTRS_KEY, FORMAT_NAME
 
     if not path.exists():
         return  # verify_database says so, with the fix
     what = "not a range-dist database"
-    if path.is_dir():
-        try:
-            attrs = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
-        except (OSError, ValueError, AttributeError):
+    if path.is_dir() and (path / "zarr.json").is_file():
+        attrs = _store_attrs(path)
+        if attrs is None:
             return  # an unreadable zarr.json: verify_database says what is wrong with it
-        if isinstance(attrs, dict) and SIGNATURE_KEY in attrs:
-            return  # a cube: checked by _verify_cube
-        elif isinstance(attrs, dict) and isinstance(attrs.get(ATTRS_KEY), dict) \
-                and attrs[ATTRS_KEY].get("format") == FORMAT_NAME:
+        meta = attrs.get(ATTRS_KEY)
+        if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
             return
-        elif (path / "zarr.json").is_file():
-            what = "a Zarr store that is not a range-dist database"
+        what = "a Zarr store that is not a range-dist database"
     elif path.suffix == ".npz":
         return
     raise ConfigError(f"{path} is {what}; `range-dist verify` checks retrieval databases (a Zarr database written "
@@ -46,11 +50,7 @@ def _refuse_non_database(path: Path) -> None:
 def _is_cube(path: Path) -> bool:
     from range_dist.cube.store import SIGNATURE_KEY
 
-    try:
-        attrs = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(attrs, dict) and SIGNATURE_KEY in attrs
+    return SIGNATURE_KEY in (_store_attrs(path) or {})
 
 
 def _recorded_config(path: Path, executor: str) -> Any:

@@ -270,11 +270,8 @@ def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None
             zarr.open_array(str(path / "tile_cells"), mode="r+")[tile.row, tile.col] = cells
         zarr.open_array(str(path / "tile_status"), mode="r+")[tile.row, tile.col] = status
     except OSError as exc:  # disk full, quota, I/O error: say where, and that a rerun resumes
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise StoreWriteError(
-            f"writing tile (row {tile.row}, col {tile.col}) to {path} failed: {reason} (errno {exc.errno}). The tile "
-            "is not marked done; free space (or fix the store's location) and rerun the same command to resume."
-        ) from exc
+        raise StoreWriteError.of(exc, f"writing tile (row {tile.row}, col {tile.col}) to {path}",
+                                 "The tile is not marked done") from exc
     return written
 
 

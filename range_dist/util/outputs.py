@@ -8,16 +8,24 @@ from pathlib import Path
 from range_dist.errors import ConfigError
 
 
-def check_output_location(path: str | Path, flag: str = "--out") -> None:
+def check_output_location(path: str | Path, flag: str = "--out", overwrite: bool | None = None) -> None:
     """Raise unless ``path`` can be written: its nearest existing ancestor is a writable folder.
 
     Missing parent folders are fine (they are created when writing). Reads only.
 
+    Args:
+        path: the output.
+        flag: how the user named it, for messages.
+        overwrite: False refuses an existing ``path`` (pass --overwrite); None leaves that to the caller
+            (stores decide by their own signature whether a rerun resumes them).
+
     Raises:
-        ConfigError: the location is under a file, or in a read-only / forbidden folder; the message
-            names the path and the folder.
+        ConfigError: the output exists and ``overwrite`` is False; the location is under a file, or in a
+            read-only / forbidden folder; the message names the path and the folder.
     """
     path = Path(path)
+    if overwrite is False and path.exists():
+        raise ConfigError(f"{flag} {path} already exists; pass --overwrite to replace it")
     ancestor = path.parent if str(path.parent) else Path(".")
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

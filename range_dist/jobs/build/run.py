@@ -109,10 +109,6 @@ def _append_all(plan: BuildPlan, executor: BatchExecutor, appender: DatabaseAppe
                 report.failures[outcome.reason or "unknown"] += 1
             appender.set_failures(failures)
         except OSError as exc:  # disk full, quota, I/O error: the batch's rows are not committed
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise StoreWriteError(
-                f"appending a batch to {config.out} failed: {reason} (errno {exc.errno}); its rows are not "
-                "committed. Free space (or fix the store's location) and rerun the same command to resume."
-            ) from exc
+            raise StoreWriteError.of(exc, f"appending a batch to {config.out}", "Its rows are not committed") from exc
         progress.update((len(rows) if rows is not None else 0) + len(failed))
         faults.after_batch()
