@@ -120,6 +120,21 @@ def test_bad_points_files(sample_assets: tuple[Path, Path], tmp_path: Path, cont
     assert not out.exists()
 
 
+def _start_driver(args: list[str], out: Path, tiles: int, stderr: int) -> subprocess.Popen[bytes]:
+    """``python -m range_dist ARGS`` in its own session, from a plain shell's environment (no RAY_*),
+    returned once at least ``tiles`` tiles of ``out`` are done (and the driver still runs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "range_dist", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "tile_status").exists() and (read_tile_status(out) != TILE_MISSING).sum() >= tiles:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    return proc
+
+
 @pytest.mark.parametrize(("executor", "signum", "code"), [
     ("local", signal.SIGINT, 130),
     ("local", signal.SIGTERM, 143),
@@ -134,15 +149,7 @@ def test_signals_stop_cleanly_and_a_rerun_resumes(sample_assets: tuple[Path, Pat
     out = tmp_path / "cube.zarr"
     args = ["embed-grid", "--satclip", str(ckpt), "--db", str(db), "--out", str(out), "--resolution", "5",
             "--tile-size", "3", "--chunk-size", "3", "--executor", executor, "--betas", "0,1"]  # 288 tiles
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "range_dist", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "tile_status").exists() and (read_tile_status(out) != TILE_MISSING).sum() >= 10:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    proc = _start_driver(args, out, tiles=10, stderr=subprocess.PIPE)
     if signum == signal.SIGINT:
         os.killpg(proc.pid, signum)  # Ctrl-C reaches the whole foreground process group
     else:
@@ -181,15 +188,7 @@ def test_a_killed_driver_leaves_no_ray_process(sample_assets: tuple[Path, Path],
     out = tmp_path / "cube.zarr"
     args = ["embed-grid", "--satclip", str(ckpt), "--db", str(db), "--out", str(out), "--resolution", "2",
             "--tile-size", "3", "--chunk-size", "3", "--executor", "ray", "--betas", "0,1"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "range_dist", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "tile_status").exists() and (read_tile_status(out) != TILE_MISSING).sum() >= 5:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None
+    proc = _start_driver(args, out, tiles=5, stderr=subprocess.DEVNULL)
     names = sorted(_names_in_session(proc.pid))
     assert any("raylet" in n for n in names), names  # a local Ray is running in the driver's session
     proc.kill()  # the driver only, not its session
