@@ -14,11 +14,34 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from range_dist.errors import Interrupted, RangeDistError
+from range_dist.errors import ConfigError, Interrupted, RangeDistError
+from range_dist.util.paths import local_path
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _path_argument(value: str) -> Path:
+    try:
+        return local_path(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``type=Path`` refuses URLs.
+
+    ``Path("s3://bucket/x")`` is the local ``s3:/bucket/x``: every subcommand's ``type=Path`` argument
+    goes through :func:`~range_dist.util.paths.local_path` instead (argparse looks a ``type`` up in
+    the parser's registry first; subparsers are made with this class, so they share it).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", Path, _path_argument)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from range_dist.cli.embed import add_parsers as add_embed
     from range_dist.cli.verify import add_parsers as add_verify
 
-    parser = argparse.ArgumentParser(prog="range-dist", description="RANGE geo-embeddings at planet scale.")
+    parser = _Parser(prog="range-dist", description="RANGE geo-embeddings at planet scale.")
     parser.add_argument("--version", action="version", version=f"range-dist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_group in (add_assets, add_database, add_embed, add_demo, add_analysis, add_verify):

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from range_dist.errors import ConfigError
+from range_dist.util.paths import local_path
 
 T = TypeVar("T")
 _KEY = "range_dist.option"  # the key of our metadata in dataclasses.Field.metadata
@@ -146,7 +147,7 @@ def _exact(kind: type) -> Callable[[Any], Any]:
 
 def _to_path(v: Any) -> Path:
     if isinstance(v, Path) or (isinstance(v, str) and v):
-        return Path(v)
+        return local_path(v)  # a URL is refused, never turned into a local folder
     raise ValueError(v)
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from range_dist.errors import ConfigError
+from range_dist.util.paths import local_path
 
 
 def check_output_location(path: str | Path, flag: str = "--out", overwrite: bool | None = None) -> None:
@@ -20,10 +21,11 @@ def check_output_location(path: str | Path, flag: str = "--out", overwrite: bool
             (stores decide by their own signature whether a rerun resumes them).
 
     Raises:
-        ConfigError: the output exists and ``overwrite`` is False; the location is under a file, or in a
+        ConfigError: ``path`` is a URL (only local paths and file:// are supported); the output exists
+            and ``overwrite`` is False; the location is under a file, or in a
             read-only / forbidden folder; the message names the path and the folder.
     """
-    path = Path(path)
+    path = local_path(path, flag)
     if overwrite is False and path.exists():
         raise ConfigError(f"{flag} {path} already exists; pass --overwrite to replace it")
     ancestor = path.parent if str(path.parent) else Path(".")

@@ -1,0 +1,56 @@
+"""Local paths from user input: ``file://`` URLs are local, every other URL scheme is refused.
+
+range-dist reads and writes local (POSIX) paths only. ``Path("s3://bucket/cube.zarr")`` would
+silently become a local folder ``s3:/bucket/cube.zarr``, so a user would believe the cube is in
+the bucket; a URL is therefore refused with a message that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from range_dist.errors import ConfigError
+
+#: ``scheme://``: RFC 3986 scheme characters (a Windows drive ``C:\`` has no ``//``).
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
+_OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "adl", "r2", "oss")
+
+
+def local_path(value: str | Path, what: str = "") -> Path:
+    """``value`` as a local path.
+
+    Args:
+        value: a path, or a ``file://`` URL (``file:///data/cube.zarr`` → ``/data/cube.zarr``).
+        what: how the user named the input (a flag or a field), to begin messages with; empty when the
+            caller prefixes the message itself.
+
+    Raises:
+        ConfigError: ``value`` is a URL of another scheme (``s3://``, ``gs://``, ``https://``, ...),
+            also one already made a ``Path`` (``s3:/bucket/...``), or a ``file://`` URL with a host
+            other than localhost.
+    """
+    if isinstance(value, Path):
+        # Path("s3://b/x") is already "s3:/b/x": a first component "s3:" is a URL that lost its "//"
+        head = value.parts[0] if value.parts else ""
+        if head.endswith(":") and head[:-1].lower() in (*_OBJECT_STORES, "http", "https", "ftp", "file"):
+            raise ConfigError(f"{what + ' ' if what else ''}{str(value)!r} is a URL turned into a path "
+                              f"(Path() drops the '//' of {head}//); pass the URL as text: only local paths and "
+                              "file:// URLs are supported")
+        return value
+    match = _URL.match(value)
+    if match is None:
+        return Path(value)
+    scheme = match["scheme"].lower()
+    name = f"{what} {value!r}" if what else repr(value)
+    if scheme == "file":
+        parts = urlsplit(value)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"{name}: a file:// URL names a file on this machine "
+                              f"(file:///path), not on host {parts.netloc!r}")
+        return Path(unquote(parts.path))
+    kind = "object storage" if scheme in _OBJECT_STORES else f"a {scheme}:// URL"
+    raise ConfigError(f"{name}: {kind} is not supported; range-dist reads and writes local paths "
+                      "(or file:// URLs) only. Give a local path instead: copy or download the input first, or "
+                      "mount the bucket as a folder and copy the output to it afterwards")
