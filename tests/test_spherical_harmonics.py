@@ -11,8 +11,9 @@ import pytest
 import torch
 from scipy.special import sph_harm_y
 
+from range_dist.encoders.sh_compiled import ExpressionProgram, VectorisedProgram
 from range_dist.encoders.sh_expressions import TABLE_PATH, published_expression
-from range_dist.encoders.spherical_harmonics import spherical_harmonics
+from range_dist.encoders.spherical_harmonics import _published_program, angles_from_lonlat, spherical_harmonics
 from tests.helpers import random_points
 
 POINTS = torch.from_numpy(random_points(200, seed=5))
@@ -125,3 +126,88 @@ def test_exact_mode_on_grid_equals_point_by_point() -> None:
     together = spherical_harmonics(grid, 40, "exact")
     one_by_one = torch.cat([spherical_harmonics(grid[i : i + 1], 40, "exact") for i in range(len(grid))])
     torch.testing.assert_close(together, one_by_one, rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------
+# the vectorised published evaluation (sh_compiled) against the per-op one and upstream's eval
+# --------------------------------------------------------------------------------------------
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().view(torch.int64).numpy()
+
+
+def _grid(lat_step: float, lon_step: float) -> torch.Tensor:
+    """Cell centres of a lat/lon grid including both poles and both sides of the antimeridian."""
+    lat, lon = np.meshgrid(np.arange(90.0, -90.01, -lat_step), np.arange(-180.0, 180.01, lon_step), indexing="ij")
+    return torch.from_numpy(np.stack([lon.ravel(), lat.ravel()], axis=1))
+
+
+@pytest.mark.parametrize("n", [64 * 20, 64 * 20 + 13])
+def test_vectorised_program_is_bit_identical_to_per_op_on_random_points(n: int) -> None:
+    """All 1600 features, several chunks (and a ragged last one), poles and antimeridian included."""
+    program = _published_program(40)
+    phi, theta = angles_from_lonlat(torch.from_numpy(random_points(n - 6, seed=11)))
+    old = program.program.evaluate_per_op(theta, phi)
+    for chunk, block in [(256, 64), (4096, None)]:
+        new = program.evaluate(theta, phi, chunk=chunk, block=block)
+        assert np.array_equal(_bits(new), _bits(old)), (chunk, block)
+
+
+@pytest.mark.parametrize("lat_step", [15.0, 0.5])
+def test_shared_latitude_path_is_bit_identical_to_per_op_and_upstream(lat_step: float) -> None:
+    """Grid points share latitudes: that path must give the very same bits as the per-op one."""
+    program = _published_program(40)
+    assert program._shared  # the shipped table has the shape the latitude sharing needs
+    pts = _grid(lat_step, 15.0)[:1280] if lat_step < 1 else _grid(lat_step, 2.0)  # 13 lat x 181 lon
+    phi, theta = angles_from_lonlat(pts)
+    old = program.program.evaluate_per_op(theta, phi)
+    new = program.evaluate(theta, phi, chunk=256, block=64)
+    assert np.array_equal(_bits(new), _bits(old))
+    # and upstream's eval on a slice of grid points (poles and antimeridian in the first rows)
+    head = pts[:128]
+    ours = spherical_harmonics(head, 40, "published")
+    assert np.array_equal(_bits(ours), _bits(_upstream_eval(head, 40)))
+
+
+def _upstream_eval(lonlat: torch.Tensor, degrees: int) -> torch.Tensor:
+    with gzip.open(TABLE_PATH, "rt") as fh:
+        table = json.load(fh)["expressions"][: degrees * degrees]
+    phi, theta = angles_from_lonlat(lonlat)
+    namespace = {"cos": torch.cos, "sin": torch.sin, "theta": theta, "phi": phi}
+    cols = [eval(text, {"__builtins__": {}}, namespace) for text in table]  # the upstream evaluation
+    return torch.stack([c * torch.ones_like(phi) if isinstance(c, float) else c for c in cols], dim=1)
+
+
+@pytest.mark.parametrize("degrees", [1, 2, 7])
+def test_small_degrees_match_upstream_eval(degrees: int) -> None:
+    ours = spherical_harmonics(POINTS, degrees, "published")
+    assert np.array_equal(_bits(ours), _bits(_upstream_eval(POINTS, degrees)))
+
+
+def test_vectorised_program_falls_back_for_unusual_expression_shapes() -> None:
+    """Texts outside upstream's shape (nested sums, constants late in a product, negations, division)."""
+    texts = [
+        "2.5*(cos(theta) - 1.0*(3.0 - sin(phi)))*cos(phi)",
+        "cos(theta)*3.0*sin(phi)",
+        "-cos(theta)**3 + 0.5",
+        "(1.0 - cos(theta)**2)**1.5/7.0",
+        "1.25",
+        "sin(phi)*(2.0*cos(theta)**2 - 1.0)",
+    ]
+    program = VectorisedProgram(ExpressionProgram(texts))
+    phi, theta = angles_from_lonlat(torch.from_numpy(random_points(130, seed=3)))
+    old = program.program.evaluate_per_op(theta, phi)
+    assert np.array_equal(_bits(program.evaluate(theta, phi, chunk=64)), _bits(old))
+    namespace = {"cos": torch.cos, "sin": torch.sin, "theta": theta, "phi": phi}
+    for k, text in enumerate(texts):
+        value = eval(text, {"__builtins__": {}}, namespace)
+        expected = value * torch.ones_like(phi) if isinstance(value, float) else value
+        assert np.array_equal(_bits(old[:, k]), _bits(expected)), text
+
+
+def test_chunk_must_be_aligned() -> None:
+    program = _published_program(3)
+    theta = torch.zeros(10, dtype=torch.float64)
+    with pytest.raises(ValueError, match="multiple of 64, got 100"):
+        program.evaluate(theta, theta, chunk=100)

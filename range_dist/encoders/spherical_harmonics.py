@@ -14,18 +14,16 @@ Three ways to compute the same L² features, index ``l*l + l + m`` for l < L, -l
 
 from __future__ import annotations
 
-import ast
 import functools
 import gzip
 import json
 import math
-import operator
-from collections.abc import Callable, Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import nn
 
+from range_dist.encoders.sh_compiled import ExpressionProgram, VectorisedProgram
 from range_dist.errors import ConfigError
 
 HarmonicsMode = Literal["published", "exact", "closed-form"]
@@ -38,129 +36,8 @@ def angles_from_lonlat(lonlat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# published mode: a hash-consed program over upstream's expression text
+# published mode: upstream's expression text, compiled once per L (sh_compiled)
 # --------------------------------------------------------------------------------------------
-
-_Operand = Union[float, int, tuple[str, int]]  # noqa: UP007 (runtime alias on 3.10)  # a Python constant, or ("slot", index)
-
-_BINOPS: dict[type, Callable[[object, object], object]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-}
-_FUNCS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"cos": torch.cos, "sin": torch.sin}
-
-
-class _ExpressionProgram:
-    """Evaluates many expression texts with torch, computing each distinct subexpression once.
-
-    Why not ``eval``: the 1600 L=40 expressions share most of their subterms (``cos(theta)**k``,
-    ``(1 - cos(theta)**2)**(k/2)``, ``cos(m*phi)``). Each operation here is the very torch call that
-    ``eval`` would make on the same operands, in the same order (the AST fixes associativity), so
-    the results are bit-identical to upstream while each shared term is computed once.
-    """
-
-    def __init__(self, expressions: Sequence[str]) -> None:
-        self._ops: list[tuple[object, ...]] = []
-        self._slots: dict[tuple[object, ...], int] = {}
-        self.outputs: list[_Operand] = [
-            self._compile(ast.parse(text, mode="eval").body, text) for text in expressions
-        ]
-
-    def _emit(self, op: tuple[object, ...]) -> tuple[str, int]:
-        if op not in self._slots:
-            self._slots[op] = len(self._ops)
-            self._ops.append(op)
-        return ("slot", self._slots[op])
-
-    def _compile(self, node: ast.expr, text: str) -> _Operand:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in ("theta", "phi"):
-            return self._emit(("name", node.id))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            operand = self._compile(node.operand, text)
-            if isinstance(operand, tuple):
-                return self._emit(("neg", operand))
-            return -operand
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            left = self._compile(node.left, text)
-            right = self._compile(node.right, text)
-            if not isinstance(left, tuple) and not isinstance(right, tuple):
-                return _BINOPS[type(node.op)](left, right)  # type: ignore[return-value]
-            return self._emit(("bin", type(node.op), left, right))
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCS
-            and len(node.args) == 1
-        ):
-            arg = self._compile(node.args[0], text)
-            if not isinstance(arg, tuple):
-                raise ConfigError(f"unexpected constant call in harmonic expression {text!r}")
-            return self._emit(("call", node.func.id, arg))
-        raise ConfigError(f"unsupported construct {ast.dump(node)[:80]} in harmonic expression {text!r}")
-
-    def _plan(self) -> tuple[list[list[int]], dict[int, list[int]]]:
-        """For each op, the slots whose last use it is; and, per slot, the output columns it fills."""
-        last_use: dict[int, int] = {}
-        for j, op in enumerate(self._ops):
-            for operand in op[1:]:
-                if isinstance(operand, tuple):
-                    last_use[operand[1]] = j
-        frees: list[list[int]] = [[] for _ in self._ops]
-        for slot, j in last_use.items():
-            frees[j].append(slot)
-        columns: dict[int, list[int]] = {}
-        for k, out in enumerate(self.outputs):
-            if isinstance(out, tuple):
-                columns.setdefault(out[1], []).append(k)
-        return frees, columns
-
-    def evaluate(self, theta: torch.Tensor, phi: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-        """Return (N, len(expressions)) values for angle tensors of shape (N,).
-
-        Points are processed ``chunk`` at a time and every intermediate is dropped after its last
-        use, so the working set stays cache-sized whatever N is. (Evaluating the theta-only terms on
-        distinct latitudes does not pay here: the printed expressions distribute cos(m·phi) over
-        every polynomial term, so almost every operation mixes both angles.)
-        """
-        if not hasattr(self, "_frees"):
-            self._frees, self._columns = self._plan()
-        result = torch.empty((theta.shape[0], len(self.outputs)), dtype=theta.dtype, device=theta.device)
-        for k, out in enumerate(self.outputs):
-            if not isinstance(out, tuple):
-                result[:, k] = float(out)
-        for start in range(0, theta.shape[0], chunk):
-            stop = start + chunk
-            self._evaluate_chunk(theta[start:stop], phi[start:stop], result[start:stop])
-        return result
-
-    def _evaluate_chunk(self, theta: torch.Tensor, phi: torch.Tensor, result: torch.Tensor) -> None:
-        names = {"theta": theta, "phi": phi}
-        values: dict[int, torch.Tensor] = {}
-
-        def get(operand: object) -> object:
-            return values[operand[1]] if isinstance(operand, tuple) else operand  # type: ignore[index]
-
-        for j, op in enumerate(self._ops):
-            kind = op[0]
-            if kind == "name":
-                value = names[op[1]]  # type: ignore[index]
-            elif kind == "neg":
-                value = -values[op[1][1]]  # type: ignore[index]
-            elif kind == "call":
-                value = _FUNCS[op[1]](values[op[2][1]])  # type: ignore[index]
-            else:
-                value = _BINOPS[op[1]](get(op[2]), get(op[3]))  # type: ignore[index,assignment]
-            values[j] = value
-            for k in self._columns.get(j, ()):
-                result[:, k] = value
-            for slot in self._frees[j]:
-                del values[slot]
-
 
 @functools.lru_cache(maxsize=1)
 def _shipped_table() -> list[str]:
@@ -171,7 +48,7 @@ def _shipped_table() -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _published_program(degrees: int) -> _ExpressionProgram:
+def _published_program(degrees: int) -> VectorisedProgram:
     table = _shipped_table()
     count = degrees * degrees
     if count > len(table):
@@ -179,7 +56,7 @@ def _published_program(degrees: int) -> _ExpressionProgram:
         from range_dist.encoders.sh_expressions import generate_table
 
         table = generate_table(degrees)
-    return _ExpressionProgram(table[:count])
+    return VectorisedProgram(ExpressionProgram(table[:count]))
 
 
 # --------------------------------------------------------------------------------------------
