@@ -409,7 +409,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for n, m in grid:
                     trial = dataclasses.replace(settings, query_chunk=n, db_chunk=m)
                     with sweep_meter:
-                        t, _ = best_time(lambda trial=trial: run_engine(encoder, qs, xs, betas, trial), 1)
+                        def one(trial: RetrievalSettings = trial) -> object:
+                            return run_engine(encoder, qs, xs, betas, trial)
+
+                        t, _ = best_time(one, 1)
                     if rep:
                         best[(n, m)] = min(best.get((n, m), float("inf")), t)
         flops = float(n_sweep) * args.rows * per_pair

@@ -232,6 +232,13 @@ def test_grid_job_fast_mode_writes_provenance_and_stays_within_tolerance(
     assert exact.attrs["range_dist:retrieval_mode"] == "exact" and "range_dist:fast" not in exact.attrs
     provenance = fast.attrs["range_dist:fast"]
     assert fast.attrs["range_dist:retrieval_mode"] == "fast"
+    a = torch.from_numpy(fast["embedding"].values)
+    b = torch.from_numpy(exact["embedding"].values)
+    assert float(relative_errors(a, b).max()) <= TOLERANCE
+    if provenance["mode"] == "exact":  # the cost model judged this small run: exact, and why
+        assert provenance["requested_mode"] == "fast" and provenance["reason"]
+        assert fast.attrs["range_dist:run_report"]["fast_checks"] is None
+        return
     assert provenance["tolerance"] == TOLERANCE and 0 < provenance["measured_error"] <= TOLERANCE
     assert provenance["validation_points"] == 256 and provenance["interpolated_heads"]
     checks = fast.attrs["range_dist:run_report"]["fast_checks"]  # every tile's cell-centre checks

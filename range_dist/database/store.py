@@ -96,7 +96,8 @@ class RetrievalDatabase:
     Attributes:
         locations: (M, 2) float64 (lon, lat) degrees.
         keys: (M, K) float32 SatCLIP image embeddings (raw; normalised by the engine).
-        values: (M, D) float32 SatMAE embeddings.
+        values: (M, D) float32 SatMAE embeddings: a view of :attr:`values_with_ones`, so that the
+            retrieval engine uses the same rows instead of a second copy (the values are held once).
         provenance: per-row columns, each an array of length M.
         attrs: description: key/value models, origin, radiometry, sample flag, ...
     """
@@ -116,8 +117,44 @@ class RetrievalDatabase:
                                     "locations, keys and values must be numeric (float) arrays")
         self.locations = np.ascontiguousarray(self.locations, dtype=np.float64)
         self.keys = np.ascontiguousarray(self.keys, dtype=np.float32)
-        self.values = np.ascontiguousarray(self.values, dtype=np.float32)
+        if np.ndim(self.values) == 2:
+            buffer = _with_ones_column(self.values)
+            self.values = buffer[:, :-1]
+            self.__dict__["_buffer"] = buffer
+        else:  # validate() names the bad shape
+            self.values = np.ascontiguousarray(self.values, dtype=np.float32)
         self.validate()
+
+    @property
+    def values_with_ones(self) -> npt.NDArray[np.float32]:
+        """(M, D + 1) float32: the values and a trailing ones column, the buffer :attr:`values` views.
+
+        The retrieval engine's values product reads it as is (the ones column gives the softmax sums
+        from the same product), so a process holds the values once, not twice.
+        """
+        buffer = self.__dict__.get("_buffer")
+        v = self.values
+        if (buffer is not None and buffer.shape == (v.shape[0], v.shape[1] + 1) and v.strides == buffer.strides
+                and v.__array_interface__["data"][0] == buffer.__array_interface__["data"][0]):
+            return buffer  # type: ignore[no-any-return]
+        buffer = _with_ones_column(v)  # values replaced after construction: a new buffer, kept
+        self.values = buffer[:, :-1]
+        self.__dict__["_buffer"] = buffer
+        return buffer
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickle (Ray's object store) the one buffer, not a contiguous copy of the view
+        state = {k: v for k, v in self.__dict__.items() if k != "_buffer"}
+        state["values"] = self.values_with_ones
+        state["_values_with_ones"] = True
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state.pop("_values_with_ones", False):
+            state["_buffer"] = state["values"]
+            state["values"] = state["values"][:, :-1]
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -231,7 +268,8 @@ class RetrievalDatabase:
         digest = hashlib.sha256()
         for arr in (self.locations, self.keys, self.values):
             digest.update(str(arr.shape).encode())
-            digest.update(np.ascontiguousarray(arr).view(np.uint8).data)
+            for start in range(0, len(arr), 8192):  # row blocks: the same bytes, no full contiguous copy
+                digest.update(np.ascontiguousarray(arr[start : start + 8192]).view(np.uint8).data)
         return digest.hexdigest()
 
     # ------------------------------------------------------------------ I/O
@@ -380,6 +418,22 @@ class RetrievalDatabase:
 
 
 # ---------------------------------------------------------------------- reading helpers
+def _with_ones_column(values: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """(M, D + 1) float32 buffer of (M, D) values and a ones column: the buffer itself when ``values``
+    already is the left part of one (no copy), else a new one (one copy, converted to float32)."""
+    v = np.asarray(values)
+    base = v.base
+    if (isinstance(base, np.ndarray) and base.dtype == np.float32 and base.ndim == 2 and v.dtype == np.float32
+            and base.shape == (v.shape[0], v.shape[1] + 1) and v.strides == base.strides
+            and v.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+            and bool((base[:, -1] == 1.0).all())):
+        return base
+    aug = np.empty((v.shape[0], v.shape[1] + 1), dtype=np.float32)
+    aug[:, :-1] = v
+    aug[:, -1] = 1.0
+    return aug
+
+
 def _dtype_words(dtype: np.dtype[Any]) -> str:
     kind = {"U": "strings", "S": "byte strings", "T": "strings", "O": "Python objects", "c": "complex numbers",
             "M": "datetimes", "m": "time deltas", "V": "raw records"}.get(dtype.kind, "non-numeric data")

@@ -18,6 +18,7 @@ from range_dist.database.store import RetrievalDatabase
 from range_dist.errors import ConfigError
 from range_dist.geo.coords import lonlat_to_xyz, validate_lonlat
 from range_dist.retrieval.engine import (
+    LOCATION_BATCH,
     DeviceDatabase,
     Partials,
     RetrievalSettings,
@@ -29,10 +30,16 @@ from range_dist.retrieval.engine import (
 from range_dist.retrieval.fast.plan import FastPlan
 from range_dist.retrieval.fast.planner import plan_fast
 from range_dist.retrieval.fast.retriever import VALIDATION_POINTS, FastRetriever, RetrievalContext
+from range_dist.retrieval.timing import StageTimes
 
-#: Locations encoded per SatCLIP call: the published harmonics cost a fixed ~14k small torch ops
-#: per call, so they are evaluated on large batches and the retrieval then runs in smaller blocks.
-LOCATION_BATCH = 16384
+#: Points per fast-mode batch: one lattice (and one set of check points) serves them all, so a whole
+#: 256² tile shares its nodes; bounds the (n, C) head averages held at once.
+FAST_BATCH = 65536
+
+#: Stage names of :attr:`RangeEncoder.stages` (the fast retriever adds ``<head>: ...`` stages).
+STAGE_FEATURES = "harmonics + SIREN"
+STAGE_BLEND = "blending"
+STAGE_CAST = "casting + copy out"
 
 
 def query_block_size(db_chunk: int, width: int, n_heads: int, memory_budget_bytes: int, dtype_bytes: int = 4) -> int:
@@ -53,6 +60,7 @@ class RangeEncoder:
         tau_geo: spatial temperature (RANGE+); default the published 40.
         db_chunk: database rows per block.
         memory_budget_mb: bound on the per-block working memory (score block + accumulators).
+        stages: seconds per stage of every call so far (:class:`StageTimes`; reset it between runs).
         mode: ``exact`` (default) or ``fast`` (approximations validated to ``tolerance``; see
             :mod:`range_dist.retrieval.fast`). A fast encoder plans on the points of its first
             :meth:`encode` call unless :meth:`plan_fast` or :meth:`use_plan` is called first.
@@ -84,6 +92,7 @@ class RangeEncoder:
         check_tolerance(parse_mode(mode), tolerance)  # fast: one in (0, 1); exact: kept for a later plan_fast
         self.mode, self.tolerance = mode, tolerance
         self.fast: FastRetriever | None = None
+        self.stages = StageTimes()
         self.fast_betas: tuple[float, ...] | None = None
         self.device = resolve_device(device)
         precision = parse_precision(precision)
@@ -95,7 +104,7 @@ class RangeEncoder:
         self.tau_sem, self.tau_geo = tau_sem, tau_geo
         self.location_encoder = location_encoder.to(self.device).eval()
         self.database = database
-        self.db = DeviceDatabase(database.keys, database.locations, database.values, device=self.device)
+        self.db = DeviceDatabase.from_database(database, device=self.device)
         self.db_chunk = int(db_chunk)
         self.memory_budget_bytes = int(memory_budget_mb * 2**20)
 
@@ -116,7 +125,7 @@ class RangeEncoder:
     def use_plan(self, plan: FastPlan, betas: Sequence[float]) -> None:
         """Embed with an already validated plan (e.g. planned on the driver of a grid run)."""
         self.mode, self.tolerance = "fast", plan.tolerance
-        self.fast = FastRetriever(self.retrieval_context(), plan)
+        self.fast = FastRetriever(self.retrieval_context(), plan, stages=self.stages)
         self.fast_betas = tuple(float(b) for b in betas)
 
     def retrieval_context(self) -> RetrievalContext:
@@ -140,9 +149,10 @@ class RangeEncoder:
     @torch.no_grad()
     def query_features(self, lonlat: npt.NDArray[np.float64]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit SatCLIP embeddings q̂ (N, K) and unit vectors (N, 3) on the device, float32."""
-        q = self.location_encoder(torch.from_numpy(lonlat).to(self.device))
-        q_hat = torch.nn.functional.normalize(q, dim=1).to(self.db.dtype)
-        xyz = torch.from_numpy(lonlat_to_xyz(lonlat)).to(self.device, self.db.dtype)
+        with self.stages.stage(STAGE_FEATURES):
+            q = self.location_encoder(torch.from_numpy(lonlat).to(self.device))
+            q_hat = torch.nn.functional.normalize(q, dim=1).to(self.db.dtype)
+            xyz = torch.from_numpy(lonlat_to_xyz(lonlat)).to(self.device, self.db.dtype)
         return q_hat, xyz
 
     @torch.no_grad()
@@ -195,20 +205,30 @@ class RangeEncoder:
             self.plan_fast(points, betas)  # validated on this call's own points
         out = np.empty((len(betas), len(points), self.output_dim), dtype=dtype)
         torch_dtype = torch.from_numpy(out[:0]).dtype
-        for start in range(0, len(points), LOCATION_BATCH):
-            batch = points[start : start + LOCATION_BATCH]
-            q_hat, xyz = self.query_features(batch)
+        exact_stage = f"retrieval exact ({'+'.join(settings.heads)})"
+        step = LOCATION_BATCH if self.fast is None else FAST_BATCH
+        for start in range(0, len(points), step):
+            batch = points[start : start + step]
+            features = [self.query_features(batch[s : s + LOCATION_BATCH])
+                        for s in range(0, len(batch), LOCATION_BATCH)]
+            q_hat = torch.cat([f[0] for f in features]) if len(features) > 1 else features[0][0]
+            xyz = torch.cat([f[1] for f in features]) if len(features) > 1 else features[0][1]
+            del features
             # fast mode: the heads of the whole batch at once (its lattice nodes are shared), then blocks
             averages = None if self.fast is None else self.fast.head_averages(batch, q_hat, xyz, betas, settings)
             for qs in range(0, q_hat.shape[0], settings.query_chunk):
                 block = slice(qs, qs + settings.query_chunk)
                 if averages is not None and self.fast is not None:
-                    emb = blend_heads({h: a[block] for h, a in averages.items()}, q_hat[block], betas, self.variant,
-                                      self.fast.reconstruct)
+                    with self.stages.stage(STAGE_BLEND):
+                        emb = blend_heads({h: a[block] for h, a in averages.items()}, q_hat[block], betas,
+                                          self.variant, self.fast.reconstruct)
                 else:
-                    stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)
-                    emb = blend(stats, q_hat[block], betas, self.variant)
-                out[:, start + qs : start + qs + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
+                    with self.stages.stage(exact_stage):
+                        stats = retrieve_partials(q_hat[block], xyz[block], self.db, settings)
+                    with self.stages.stage(STAGE_BLEND):
+                        emb = blend(stats, q_hat[block], betas, self.variant)
+                with self.stages.stage(STAGE_CAST):
+                    out[:, start + qs : start + qs + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
                 if on_progress is not None:
                     on_progress(int(emb.shape[1]))
         return out

@@ -29,10 +29,11 @@ would move the weights by up to 15 %, a TF32 one (10 bits) by up to ~2 %.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,11 +41,19 @@ import torch
 
 from range_dist.config.values import parse_betas, parse_variant
 
+if TYPE_CHECKING:
+    from range_dist.database.store import RetrievalDatabase
+
 Variant = Literal["range", "range+"]
 Precision = Literal["fp32", "tf32", "bf16"]
 
 #: Published temperatures (docs/method.md §Variants and constants): RANGE τ_sem = 15; RANGE+ τ_sem = 12, τ_geo = 40.
 VARIANTS: dict[str, tuple[float, float | None]] = {"range": (15.0, None), "range+": (12.0, 40.0)}
+
+#: Locations encoded per SatCLIP call (:class:`~range_dist.retrieval.encoder.RangeEncoder`): the published
+#: harmonics cost a fixed ~14k small torch ops per call, so they are evaluated on large batches and the
+#: retrieval then runs in smaller blocks.
+LOCATION_BATCH = 16384
 
 # Largest τ for which the static shift is safe in float32: exp(-2τ) must stay a normal number.
 _MAX_STATIC_TAU = 43.0
@@ -121,23 +130,40 @@ class DeviceDatabase:
         self,
         keys: npt.NDArray[np.floating] | torch.Tensor,
         locations: npt.NDArray[np.float64],
-        values: npt.NDArray[np.floating] | torch.Tensor,
+        values: npt.NDArray[np.floating] | torch.Tensor | None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        *,
+        values_with_ones: npt.NDArray[np.float32] | None = None,
     ) -> None:
         from range_dist.geo.coords import lonlat_to_xyz
 
         keys64 = torch.from_numpy(np.array(keys, dtype=np.float64))  # a writable float64 copy
         self.keys = torch.nn.functional.normalize(keys64, dim=1).to(device=device, dtype=dtype).contiguous()
+        del keys64
         xyz = lonlat_to_xyz(np.asarray(locations, dtype=np.float64))
         self.xyz = torch.as_tensor(xyz).to(device=device, dtype=dtype)
-        values_t = torch.as_tensor(np.require(values, requirements="W"))  # copies read-only (shared) arrays
-        aug = torch.empty((values_t.shape[0], values_t.shape[1] + 1), dtype=dtype, device=device)
-        aug[:, :-1] = values_t.to(device=device, dtype=dtype)
-        aug[:, -1] = 1.0
-        self.values_aug = aug
+        if values_with_ones is not None and torch.device(device).type == "cpu" and dtype == torch.float32:
+            # the database's own (M, D + 1) buffer: the values are held once per process
+            with warnings.catch_warnings():  # read-only (Ray object store) arrays: the engine never writes them
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+                self.values_aug = torch.from_numpy(values_with_ones)
+        else:
+            source = values_with_ones[:, :-1] if values_with_ones is not None else values
+            assert source is not None, "values or values_with_ones is needed"
+            values_t = torch.as_tensor(np.require(source, requirements="W"))  # copies read-only (shared) arrays
+            aug = torch.empty((values_t.shape[0], values_t.shape[1] + 1), dtype=dtype, device=device)
+            aug[:, :-1] = values_t.to(device=device, dtype=dtype)
+            aug[:, -1] = 1.0
+            self.values_aug = aug
         self.device = torch.device(device)
         self.dtype = dtype
+
+    @classmethod
+    def from_database(cls, database: RetrievalDatabase, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> DeviceDatabase:
+        """The rows of ``database`` on ``device``; on a CPU in float32 the values buffer is shared, not copied."""
+        return cls(database.keys, database.locations, None, device, dtype, values_with_ones=database.values_with_ones)
 
     def with_values(self, values_aug: torch.Tensor) -> DeviceDatabase:
         """The same rows (keys and locations shared, not copied) with other (M, C + 1) values."""

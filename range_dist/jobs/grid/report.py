@@ -29,6 +29,7 @@ class RunReport:
     fast_checks: FastStats | None = None
     tiles_computed_total: int = 0
     lease: dict[str, Any] | None = None
+    fast_plan: dict[str, Any] | None = None
 
     def add(self, result: TileResult) -> None:
         if result.fast_checks is not None:
@@ -71,10 +72,10 @@ class RunReport:
             ),
         }
 
-    def summary(self, store: Path, sample: bool = False) -> str:
+    def summary(self, store: Path, assets_label: str | None = None) -> str:
         d = self.as_dict()
         return (
-            ("UNTRAINED SAMPLE ASSETS (not the published model): " if sample else "")
+            (f"{assets_label}: " if assets_label else "")
             + f"run report: {self.tiles_computed} tiles computed, {self.tiles_skipped} skipped (no land), "
             f"{self.tiles_already_done} already done, of {self.tiles_total}; {self.points:,} points in "
             f"{self.wall_seconds:.1f} s ({self.startup_seconds:.1f} s start-up) = "
@@ -82,4 +83,17 @@ class RunReport:
             f"{d['kernel_points_per_second']:,.0f} points/s on {self.parallel_workers} worker(s)); "
             f"{self.bytes_written / 2**20:,.1f} MiB written ({d['write_mb_per_second']} MiB/s); cube: {store}"
             + ("" if self.fast_checks is None else "\n" + self.fast_checks.summary())
+            + self._fast_line()
         )
+
+    def _fast_line(self) -> str:
+        """What the fast mode decided (planned once per run, or reused on resume), if it was asked for."""
+        plan = self.fast_plan
+        if plan is None:
+            return ""
+        if plan.get("mode") != "fast":
+            return f"\nfast mode fell back to exact: {plan.get('reason')}"
+        estimate = plan.get("estimated_seconds") or {}
+        fast, exact = estimate.get("fast", float("nan")), estimate.get("exact", float("nan"))
+        return (f"\nfast mode planned in {plan.get('planning_seconds', 0.0):.1f} s (once per run; a resume reuses "
+                f"it); estimated {fast:.1f} s against {exact:.1f} s exact")

@@ -125,12 +125,15 @@ class Stencils:
         nodes: (U, 2) float64 (lon, lat) of the distinct lattice nodes used.
         index: (n, STENCIL) int64 rows of ``nodes`` for each query's TAPS × TAPS stencil.
         weights: (n, STENCIL) float32 Lagrange weights (each row sums to 1).
+        keys: (U,) int64 sorted ids of the nodes, the same for a node in every call at this spacing
+            (how neighbouring tiles share lattice nodes).
     """
 
     spacing: float
     nodes: npt.NDArray[np.float64]
     index: npt.NDArray[np.int64]
     weights: npt.NDArray[np.float32]
+    keys: npt.NDArray[np.int64]
 
 
 def check_spacing(spacing: float) -> int:
@@ -172,7 +175,8 @@ def lattice_stencils(lonlat: npt.NDArray[np.float64], spacing: float) -> Stencil
     node_rows, node_cols = unique // columns - shift, unique % columns
     weights = (wy[:, :, None] * wx[:, None, :]).reshape(len(lonlat), STENCIL)
     return Stencils(spacing, node_lonlat(node_rows, node_cols, spacing),
-                    inverse.reshape(len(lonlat), STENCIL).astype(np.int64), weights.astype(np.float32))
+                    inverse.reshape(len(lonlat), STENCIL).astype(np.int64), weights.astype(np.float32),
+                    unique.astype(np.int64))
 
 
 def interpolate(node_values: torch.Tensor, stencils: Stencils) -> torch.Tensor:

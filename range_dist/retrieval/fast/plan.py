@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,12 @@ class FastPlan:
         validation_points: points of the check sample (drawn from the run's own points).
         pca_worst_case: ``max_i ||v_i - P_r v_i||``, a bound on the PCA part of the error at any point
             (the embedding norm is at least 1, since q̂ is a unit vector); None without PCA.
+        fallback: why the run computes exactly instead (its cost estimate says the fast mode would
+            not be faster), or None: the plan is used.
+        planning_seconds: wall seconds the planning took.
+        estimate: the cost model's predicted seconds (``exact``, ``fast``, ``planning``) for the run.
+        costs: per-point seconds measured while planning (``features``, ``exact``, ``head:<name>``,
+            ``interpolation``, blends): the retriever's per-call choice between lattice and direct.
     """
 
     tolerance: float
@@ -43,6 +51,10 @@ class FastPlan:
     component_errors: dict[str, float] = field(default_factory=dict)
     validation_points: int = 0
     pca_worst_case: float | None = None
+    fallback: str | None = None
+    planning_seconds: float = 0.0
+    estimate: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
 
     @property
     def value_rank(self) -> int | None:
@@ -50,7 +62,13 @@ class FastPlan:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (cube provenance, run reports)."""
+        timing = {"planning_seconds": round(self.planning_seconds, 3),
+                  "estimated_seconds": {k: round(v, 3) for k, v in sorted(self.estimate.items())}}
+        if self.fallback is not None:
+            return {"mode": "exact", "requested_mode": "fast", "tolerance": self.tolerance,
+                    "reason": self.fallback, **timing}
         return {
+            **timing,
             "mode": "fast",
             "tolerance": self.tolerance,
             "error_metric": "max over points and beta of ||fast - exact||_2 / ||exact||_2",
@@ -107,3 +125,47 @@ def next_spacing(ladder: Sequence[float], spacing: float, error: float, target: 
         return None
     fitting = [h for h in finer if h <= predicted]
     return fitting[0] if fitting else finer[-1]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a run will ask of the fast mode, for its cost model.
+
+    Attributes:
+        points: points the run embeds (all of its calls together).
+        call: (n, 2) (lon, lat) degrees of one typical call (e.g. one tile's cells): the lattice
+            nodes and check points per call are counted on it.
+    """
+
+    points: int
+    call: npt.NDArray[np.float64]
+
+    @property
+    def calls(self) -> float:
+        return self.points / max(1, len(self.call))
+
+
+def save_plan(plan: FastPlan, path: str | Path, key: str) -> None:
+    """Write ``plan`` to an ``.npz`` file, tagged with ``key`` (e.g. a hash of the run's signature)."""
+    meta = {k: v for k, v in asdict(plan).items() if k != "basis"}
+    arrays: dict[str, Any] = {"meta": np.array(json.dumps({"key": key, **meta}))}
+    if plan.basis is not None:
+        arrays.update(mean=plan.basis.mean, components=plan.basis.components, explained=plan.basis.explained)
+    tmp = Path(str(path) + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)  # whole or absent: a crash never leaves half a plan
+
+
+def load_plan(path: str | Path, key: str) -> FastPlan | None:
+    """The plan saved at ``path`` for ``key``, or None (no file, another key, or an unreadable file)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            if meta.pop("key", None) != key:
+                return None
+            basis = None
+            if "components" in npz.files:
+                basis = ValueBasis(npz["mean"], npz["components"], npz["explained"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return FastPlan(basis=basis, **meta)

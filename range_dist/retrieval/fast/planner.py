@@ -6,11 +6,21 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
 1. The values' PCA rank: the truncation error of every rank comes out of one exact pass on the
    selection sample (the basis is orthonormal, so the error is the norm of the dropped
    coefficients of the weighted averages). The smallest rank within a quarter of the tolerance.
-2. Per head, the coarsest lattice spacing whose interpolation error, measured on the selection
-   sample, is within a quarter of the tolerance (spacings predicted from error ∝ h^TAPS, then checked).
-3. A final check of everything together on a second, disjoint sample of the run's points; the plan
-   is refused (``ToleranceError``) when that error exceeds the tolerance, or when no approximation
-   fits at all (the fast mode would then only be the exact mode).
+   The basis is fitted on at most :data:`BASIS_FIT_ROWS` rows: its errors are measured, not assumed.
+2. Per head, the coarsest lattice spacing whose interpolation error is within a quarter of the
+   tolerance, measured where a lattice cell errs most (its centre and edge midpoints, as the
+   per-call check of :class:`~range_dist.retrieval.fast.retriever.FastRetriever` does) in
+   :data:`PROBES` small patches of cells around the run's points: a few hundred exact evaluations
+   per spacing instead of a stencil of 36 nodes per sample point (spacings predicted from
+   error ∝ h^TAPS, then checked).
+3. A final check of everything together on a second sample of the run's points (contiguous
+   patches, so their lattice nodes are shared); the plan is refused (``ToleranceError``) when that
+   error exceeds the tolerance, or when no approximation fits at all.
+4. With a :class:`~range_dist.retrieval.fast.plan.Workload` (the grid job passes one), a cost model
+   from the per-point costs measured while planning: before planning, the run must be large enough
+   to pay for it (:data:`PLAN_BUDGET_SHARE`); after, the fast mode's predicted time for the run's
+   calls must be below the exact mode's. Otherwise the plan says ``fallback`` (and why) and the
+   run computes exactly: the fast mode never makes a run slower than exact, by its estimate.
 
 The check is a sample bound, not a guarantee for every point; the report says how many points it
 saw. The PCA part also has a worst-case bound (``FastPlan.pca_worst_case``).
@@ -20,8 +30,9 @@ Embedding with the plan is :class:`~range_dist.retrieval.fast.retriever.FastRetr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -30,12 +41,13 @@ import torch
 from range_dist.config.values import check_tolerance
 from range_dist.errors import ToleranceError
 from range_dist.geo.coords import validate_lonlat
-from range_dist.retrieval.engine import RetrievalSettings, blend_heads
-from range_dist.retrieval.fast.approximations import ValueBasis, fit_value_basis, max_row_residual
+from range_dist.retrieval.engine import LOCATION_BATCH, RetrievalSettings, blend_heads
+from range_dist.retrieval.fast.approximations import ValueBasis, fit_value_basis, interpolate, lattice_stencils
 from range_dist.retrieval.fast.plan import (
     RANK_LADDER,
     SPACING_LADDER,
     FastPlan,
+    Workload,
     head_weights,
     next_spacing,
     rank_errors,
@@ -43,26 +55,129 @@ from range_dist.retrieval.fast.plan import (
 )
 from range_dist.retrieval.fast.retriever import (
     COMPONENT_SHARE,
+    PROBE_FRACTIONS,
     VALIDATION_POINTS,
     FastRetriever,
     RetrievalContext,
+    check_points,
     retrieve_averages,
 )
+from range_dist.retrieval.timing import StageTimes
+
+#: Largest share of a run's estimated exact time that planning may take (the run is computed
+#: exactly when planning alone would cost more).
+PLAN_BUDGET_SHARE = 0.15
+#: Value rows the PCA basis is fitted on (a random subset: the basis's error is measured anyway).
+BASIS_FIT_ROWS = 8192
+#: Patches of lattice cells where the interpolation error of a spacing is measured, and their side (cells).
+PROBES = 32
+PROBE_CELLS = 1
+#: Times the final check may make every lattice one ladder step finer before the plan is refused.
+FINAL_REFINEMENTS = 2
+#: Points of the warm-up call of SatCLIP before its cost is timed.
+COST_PROBE_POINTS = 16
+#: Points of the larger calls timed for the per-point costs of SatCLIP and of the interpolation.
+COST_FIT_POINTS = 4096
 
 
 def _sample(points: npt.NDArray[np.float64], size: int, seed: int) -> tuple[npt.NDArray[np.float64], ...]:
-    """Two disjoint samples (selection, check) of ``size`` points each, or all points twice if too few."""
+    """Two disjoint samples (selection, check) of ``size`` points each, or all points twice if too few.
+
+    The check sample is a few clusters of neighbouring points (their lattice nodes are shared)."""
     if len(points) < 2 * size:
         return points, points
-    order = np.random.default_rng(seed).permutation(len(points))
-    return points[order[:size]], points[order[size : 2 * size]]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(points))
+    selection, rest = points[order[:size]], points[order[size:]]
+    clusters, per = 4, -(-size // 4)
+    xyz = _unit(rest)
+    picked: list[npt.NDArray[np.int64]] = []
+    for seed_row in rng.choice(len(rest), size=clusters, replace=False):
+        near = np.argsort(-(xyz @ xyz[seed_row]), kind="stable")[:per]
+        picked.append(near)
+    check = np.unique(np.concatenate(picked))[: size]
+    return selection, rest[check]
+
+
+def _unit(lonlat: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    lon, lat = np.radians(lonlat[:, 0]), np.radians(lonlat[:, 1])
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+
+
+@dataclass
+class _Costs:
+    """Per-point seconds measured while planning."""
+
+    features: float = 0.0  # per point, beyond the fixed cost of a call
+    features_call: float = 0.0  # fixed seconds per SatCLIP call (the published harmonics' many small ops)
+    exact: float = 0.0
+    exact_blend: float = 0.0
+    fast_blend: float = 0.0
+    head: dict[str, float] = field(default_factory=dict)  # one head at the plan's value width
+    interpolation: float = 0.0
+
+
+def _timed(fn, *args):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
 
 
 def _exact(context: RetrievalContext, lonlat: npt.NDArray[np.float64], settings: RetrievalSettings,
+           costs: _Costs | None = None, features: tuple[torch.Tensor, torch.Tensor] | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query features and exact (H, n, D) head averages."""
-    q_hat, xyz = context.features(lonlat)
-    return q_hat, xyz, torch.stack(retrieve_averages(context.db, settings.heads, q_hat, xyz, settings))
+    """Query features and exact (H, n, D) head averages (the retrieval's per-point seconds into ``costs``)."""
+    q_hat, xyz = context.features(lonlat) if features is None else features
+    averages, retrieval = _timed(lambda: torch.stack(retrieve_averages(context.db, settings.heads, q_hat, xyz,
+                                                                       settings)))
+    if costs is not None:
+        costs.exact = retrieval / len(lonlat)
+    return q_hat, xyz, averages
+
+
+def _feature_costs(context: RetrievalContext, lonlat: npt.NDArray[np.float64], costs: _Costs,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of ``lonlat``, and SatCLIP's cost model: fixed per call plus per point, fitted on a
+    call of these points and one of :data:`COST_FIT_POINTS` (the fixed part dominates small calls)."""
+    context.features(lonlat[:COST_PROBE_POINTS])  # warm-up: first-call allocations are not the model's
+    features, t_small = _timed(context.features, lonlat)
+    large = np.resize(lonlat, (max(COST_FIT_POINTS, 2 * len(lonlat)), 2))
+    _, t_large = _timed(context.features, large)
+    costs.features = max(t_large - t_small, 0.0) / (len(large) - len(lonlat))
+    costs.features_call = max(0.0, t_small - len(lonlat) * costs.features)
+    return features
+
+
+def _interpolation_cost(lonlat: npt.NDArray[np.float64], spacing: float, width: int, device: torch.device,
+                        dtype: torch.dtype) -> float:
+    """Seconds per point of :func:`interpolate` on a call of :data:`COST_FIT_POINTS` points near these."""
+    jitter = np.random.default_rng(0).uniform(-spacing, spacing, size=(COST_FIT_POINTS, 2))
+    points = np.resize(lonlat, (COST_FIT_POINTS, 2)) + jitter
+    points[:, 1] = np.clip(points[:, 1], -89.9, 89.9)
+    start = time.perf_counter()
+    stencils = lattice_stencils(points, spacing)
+    interpolate(torch.zeros((len(stencils.nodes), width), dtype=dtype, device=device), stencils)
+    return (time.perf_counter() - start) / len(points)
+
+
+def exact_flops(context: RetrievalContext, settings: RetrievalSettings) -> float:
+    """FLOPs of the exact retrieval per query: scores (2K semantic, 6 spatial) and values 2(D + 1) per head."""
+    db = context.db
+    per_row = sum((2 * db.keys.shape[1] if h == "sem" else 6) + 2 * (db.value_dim + 1) for h in settings.heads)
+    return float(per_row * db.rows)
+
+
+def matmul_rate(context: RetrievalContext, reps: int = 3) -> float:
+    """FLOP/s of one values-product-shaped matrix product on the rows' device (best of ``reps``)."""
+    db = context.db
+    weights = torch.rand((256, min(4096, db.rows)), dtype=db.dtype, device=db.device)
+    values = db.values_aug[: weights.shape[1]]
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(weights, values)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * weights.shape[0] * weights.shape[1] * values.shape[1] / max(best, 1e-9)
 
 
 def choose_rank(
@@ -78,6 +193,35 @@ def choose_rank(
     return None, 0.0
 
 
+def probe_points(centres: npt.NDArray[np.float64], spacing: float) -> npt.NDArray[np.float64]:
+    """Check points (centres and edge midpoints) of PROBE_CELLS² lattice cells at each of ``centres``."""
+    offsets = (np.arange(PROBE_CELLS) - (PROBE_CELLS - 1) / 2.0) * spacing
+    dx, dy = np.meshgrid(offsets, offsets)
+    cells = (centres[:, None, :] + np.stack([dx.ravel(), dy.ravel()], axis=1)[None]).reshape(-1, 2)
+    cells[:, 0] = (cells[:, 0] + 180.0) % 360.0 - 180.0
+    cells[:, 1] = np.clip(cells[:, 1], -89.999, 89.999)
+    return check_points(cells, spacing, PROBE_FRACTIONS)
+
+
+def basis_rows(rows: int, seed: int) -> npt.NDArray[np.int64]:
+    """Sorted rows the basis is fitted on (all of them for a small database)."""
+    if rows <= BASIS_FIT_ROWS:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, size=BASIS_FIT_ROWS, replace=False))
+
+
+def row_residual_bound(values: npt.NDArray[np.floating], basis: ValueBasis, rows_per_block: int = 16384) -> float:
+    """``max_i ||v_i - P_r v_i||`` over every row, in float32 torch products (a reported bound, not a choice)."""
+    comps = torch.from_numpy(np.ascontiguousarray(basis.components))
+    mean = torch.from_numpy(basis.mean)
+    worst = 0.0
+    for start in range(0, len(values), rows_per_block):
+        x = torch.from_numpy(np.asarray(values[start : start + rows_per_block], dtype=np.float32)) - mean
+        residual = x - (x @ comps) @ comps.T
+        worst = max(worst, float(residual.norm(dim=1).max()))
+    return worst
+
+
 def plan_fast(
     context: RetrievalContext,
     lonlat: npt.ArrayLike,
@@ -85,6 +229,8 @@ def plan_fast(
     tolerance: float,
     validation_points: int = VALIDATION_POINTS,
     seed: int = 0,
+    workload: Workload | None = None,
+    check_lonlat: npt.ArrayLike | None = None,
 ) -> FastPlan:
     """Choose the approximations for ``tolerance`` and validate them on the run's own points.
 
@@ -93,37 +239,68 @@ def plan_fast(
         lonlat: (N, 2) the run's points (or a sample of them), degrees.
         betas: the run's β levels.
         tolerance: largest accepted ``||fast - exact|| / ||exact||`` per point and β (e.g. 1e-3).
-        validation_points: size of each of the two disjoint samples (selection, final check).
+        validation_points: size of each of the two samples (selection, final check).
         seed: sampling seed.
+        workload: the run's size and a typical call: enables the cost model (a plan may then come
+            back with ``fallback`` set: compute exactly, and why).
+        check_lonlat: (n, 2) points of the run for the final check (default: clusters of ``lonlat``);
+            contiguous cells keep the check cheap.
 
     Returns:
-        The plan, with its measured error.
+        The plan, with its measured error, planning time and cost estimate.
 
     Raises:
         ConfigError: a tolerance outside (0, 1).
         ToleranceError: the tolerance is not met, or nothing can be approximated within it.
     """
+    started = time.perf_counter()
     check_tolerance("fast", tolerance)
     points = validate_lonlat(lonlat)
     betas = tuple(float(b) for b in betas)
     settings = context.settings(betas)
     selection, check = _sample(points, validation_points, seed)
+    if check_lonlat is not None:
+        check = validate_lonlat(check_lonlat)[:validation_points]
     target = COMPONENT_SHARE * tolerance
     weights = np.stack([head_weights(context.variant, betas, h) for h in settings.heads])  # (H, B)
+    costs = _Costs()
+
+    def fallback(reason: str, estimate: dict[str, float]) -> FastPlan:
+        return FastPlan(tolerance, None, fallback=reason, planning_seconds=time.perf_counter() - started,
+                        estimate=estimate)
 
     with torch.no_grad():
-        q_hat, xyz, exact_avg = _exact(context, selection, settings)
-        exact_emb = blend_heads(dict(zip(settings.heads, exact_avg)), q_hat, betas, context.variant)
-        norms = exact_emb.double().norm(dim=-1)  # (B, n)
+        selection_features = _feature_costs(context, selection, costs)
+        if workload is not None:  # can this run pay for planning at all? (retrieval cost from its FLOPs)
+            costs.exact = exact_flops(context, settings) / matmul_rate(context)
+            exact_total = estimate_exact(costs_dict(costs), workload)
+            # two samples exactly; ~3 spacings tried per head, each PROBES patches of nodes + probe points
+            # at one head's cost (about 1/H of both)
+            evaluations = 2 * len(selection) + 3 * PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
+            planning = evaluations * (costs.features + costs.exact) + 12 * costs.features_call
+            if planning > PLAN_BUDGET_SHARE * exact_total:
+                return fallback(
+                    f"the run is too small for the fast mode to pay: exact ≈ {exact_total:.1f} s for "
+                    f"{workload.points:,} points, planning alone ≈ {planning:.1f} s (more than "
+                    f"{PLAN_BUDGET_SHARE:.0%} of it)", {"exact": exact_total, "planning": planning})
 
-        full_basis = fit_value_basis(context.values)
+        q_hat, xyz, exact_avg = _exact(context, selection, settings, costs, selection_features)
+        exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat, betas, context.variant)
+        costs.exact_blend = blend_s / len(selection)
+        norms = exact_emb.double().norm(dim=-1)  # (B, n)
+        min_norms = norms.amin(dim=1) * (1.0 - tolerance)  # (B,) as the per-call check
+
+        full_basis = fit_value_basis(np.asarray(context.values)[basis_rows(len(context.values), seed)])
         rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, norms.cpu(), target)
         basis = None if rank is None else full_basis.truncated(rank)
         component_errors = {} if rank is None else {"pca": rank_error}
         plan = FastPlan(tolerance, basis)
-        retriever = FastRetriever(context, plan)
-        # reference for the interpolation error: the exact heads in the same (truncated) basis
-        reference = retriever._retrieve(settings.heads, q_hat, xyz, settings)
+        stages = StageTimes()
+        retriever = FastRetriever(context, plan, stages=stages)
+        # per-point cost of each head at the plan's width (direct computation)
+        for head in settings.heads:
+            _, seconds = _timed(retriever._retrieve, (head,), q_hat, xyz, settings)
+            costs.head[head] = seconds / len(selection)
 
         spacing: dict[str, float] = {}
         for h_index, head in enumerate(settings.heads):
@@ -133,9 +310,12 @@ def plan_fast(
             ladder = SPACING_LADDER[head]
             step: float | None = ladder[0]
             while step is not None:
+                probes = probe_points(selection[:PROBES], step)
+                q_p, xyz_p = context.features(probes)
+                (reference,) = retriever._retrieve((head,), q_p, xyz_p, settings)
                 # an orthonormal PCA basis keeps norms: the coefficient error is the value error
-                diff = retriever.interpolated(head, step, selection, settings) - reference[h_index]
-                error = float((weight[:, None] * diff.double().norm(dim=-1)[None, :] / norms).max())
+                diff = retriever.interpolated(head, step, probes, settings) - reference
+                error = float((weight * diff.double().norm(dim=-1).max() / min_norms).max())
                 if error <= target:
                     spacing[head] = step
                     component_errors[f"interpolation_{head}"] = error
@@ -149,14 +329,91 @@ def plan_fast(
                 "fits it; use --mode exact, or a larger --tolerance")
 
         plan = replace(plan, spacing=spacing, component_errors=component_errors,
-                       pca_worst_case=None if basis is None else max_row_residual(context.values, basis))
+                       pca_worst_case=None if basis is None else row_residual_bound(context.values, basis))
         q_check, xyz_check, check_avg = _exact(context, check, settings)
         exact_check = blend_heads(dict(zip(settings.heads, check_avg)), q_check, betas, context.variant)
-        fast_check = FastRetriever(context, plan).embed(check, q_check, xyz_check, betas, settings, force=True)
-        measured = float(relative_errors(fast_check, exact_check).max())
-    plan = replace(plan, measured_error=measured, validation_points=len(check))
+        for _ in range(FINAL_REFINEMENTS + 1):
+            checker = FastRetriever(context, plan, stages=stages)
+            averages = checker.head_averages(check, q_check, xyz_check, betas, settings, force=True)
+            fast_check, blend_s = _timed(blend_heads, averages, q_check, betas, context.variant, checker.reconstruct)
+            measured = float(relative_errors(fast_check, exact_check).max())
+            finer = {h: [x for x in SPACING_LADDER[h] if x < v] for h, v in spacing.items()}
+            if measured <= tolerance or not any(finer.values()):
+                break
+            # the probes missed a hard place that the run's own points hold: every lattice one step finer
+            spacing = {h: (f[0] if f else spacing[h]) for h, f in finer.items()}
+            plan = replace(plan, spacing=spacing)
+        if spacing:
+            costs.interpolation = max(_interpolation_cost(check, h, int(checker.db.values_aug.shape[1]) - 1,
+                                                          context.db.device, context.db.dtype)
+                                      for h in spacing.values())
+        # blends are one fused pass (plus the basis product); per point on a small sample they read high
+        costs.fast_blend = min(blend_s / len(check), costs.exact_blend * (1.0 if basis is None else 2.0))
+    plan = replace(plan, measured_error=measured, validation_points=len(check),
+                   planning_seconds=time.perf_counter() - started)
     if measured > tolerance:
         raise ToleranceError(
             f"fast mode measured a relative error of {measured:.3g} on {len(check)} of this run's points, above "
             f"tolerance {tolerance:g} (plan: {plan.describe()}); use --mode exact, or a larger --tolerance")
+    plan = replace(plan, costs=costs_dict(costs))
+    if workload is None:
+        return plan
+    estimate = estimate_seconds(plan, settings.heads, workload)
+    plan = replace(plan, estimate=estimate, planning_seconds=time.perf_counter() - started)
+    if estimate["fast"] >= estimate["exact"]:
+        return replace(plan, fallback=(
+            f"the fast mode would not be faster here: estimated {estimate['fast']:.1f} s against "
+            f"{estimate['exact']:.1f} s exact for {workload.points:,} points in calls of {len(workload.call):,} "
+            f"(value rank {plan.value_rank}, lattice {plan.spacing or 'none'}; per point: features "
+            f"{costs.features * 1e3:.3f} ms, exact retrieval {costs.exact * 1e3:.3f} ms)"))
     return plan
+
+
+def costs_dict(costs: _Costs) -> dict[str, float]:
+    """The measured per-point seconds as the plan keeps them (``head:<name>`` per head)."""
+    out = {"features": costs.features, "features_call": costs.features_call, "exact": costs.exact,
+           "exact_blend": costs.exact_blend, "fast_blend": costs.fast_blend, "interpolation": costs.interpolation}
+    out.update({f"head:{h}": v for h, v in costs.head.items()})
+    return out
+
+
+def estimate_seconds(plan: FastPlan, heads: Sequence[str], workload: Workload) -> dict[str, float]:
+    """Predicted seconds of the run's calls, exact and fast (with the plan's measured per-point costs).
+
+    Per call of n points: exact = n·(features + exact + blend); fast = n·(features + blend) plus, per
+    head, either its lattice ((nodes + check points)·(features + head) + n·interpolation, when the
+    retriever would interpolate this call) or n·head computed directly. Casting and writing are the
+    same in both modes and left out.
+    """
+    c = plan.costs
+    call = workload.call
+    n = len(call)
+    fast = feature_seconds(n, c) + n * c["fast_blend"]
+    for head in heads:
+        per_point = c.get(f"head:{head}", c["exact"])
+        spacing = plan.spacing.get(head)
+        lattice = lattice_cost(call, spacing, c, per_point) if spacing is not None else None
+        fast += n * per_point if lattice is None else min(lattice, n * per_point)
+    return {"exact": estimate_exact(c, workload), "fast": fast * workload.calls, "planning": plan.planning_seconds}
+
+
+def feature_seconds(points: int, costs: dict[str, float]) -> float:
+    """Predicted SatCLIP seconds for one call's points (fixed cost per location batch, plus per point)."""
+    return -(-points // LOCATION_BATCH) * costs["features_call"] + points * costs["features"]
+
+
+def estimate_exact(costs: dict[str, float], workload: Workload) -> float:
+    """Predicted seconds of the run's calls in exact mode."""
+    n = len(workload.call)
+    per_call = feature_seconds(n, costs) + n * (costs["exact"] + costs.get("exact_blend", 0.0))
+    return per_call * workload.calls
+
+
+def lattice_cost(lonlat: npt.NDArray[np.float64], spacing: float, costs: dict[str, float],
+                 head_per_point: float) -> float:
+    """Predicted seconds of one head interpolated over the points: nodes and check points exactly (two
+    SatCLIP calls), then the interpolation."""
+    checks = check_points(lonlat, spacing)
+    nodes = len(lattice_stencils(np.concatenate([lonlat, checks]), spacing).nodes)
+    return (2 * costs["features_call"] + (nodes + len(checks)) * (costs["features"] + head_per_point)
+            + len(lonlat) * costs["interpolation"])

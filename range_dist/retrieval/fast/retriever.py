@@ -28,6 +28,7 @@ from range_dist.retrieval.fast.approximations import (
     lattice_stencils,
 )
 from range_dist.retrieval.fast.plan import SPACING_LADDER, FastPlan, head_weights
+from range_dist.retrieval.timing import StageTimes
 
 #: Share of the tolerance given to each approximation when choosing it (the rest is headroom for
 #: their sum and for points outside the sample).
@@ -37,6 +38,9 @@ COMPONENT_SHARE = 0.25
 LATTICE_COST_RATIO = 0.8
 #: Default size of each of the two validation samples.
 VALIDATION_POINTS = 256
+#: Bytes of lattice-node values kept between calls per (head, spacing), so that neighbouring tiles
+#: of a run share the nodes of their common border instead of evaluating them again.
+NODE_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class FastStats:
         refinements: checks failed and retried at a finer spacing.
         checked_points: check points evaluated exactly (:data:`CHECK_FRACTIONS` per touched lattice cell).
         max_checked_error: the largest passing check error (relative to the embedding's norm).
+        lattice_nodes: lattice nodes evaluated exactly.
+        shared_nodes: lattice nodes reused from an earlier call (a neighbouring tile) instead.
     """
 
     interpolated_heads: int = 0
@@ -76,11 +82,14 @@ class FastStats:
     refinements: int = 0
     checked_points: int = 0
     max_checked_error: float = 0.0
+    lattice_nodes: int = 0
+    shared_nodes: int = 0
 
     def summary(self) -> str:
         return (f"fast mode checks: {self.interpolated_heads} interpolated head(s) passed their per-cell check "
                 f"(largest error {self.max_checked_error:.2e}, {self.checked_points:,} points evaluated, "
-                f"{self.refinements} refinement(s)); {self.direct_heads} computed directly")
+                f"{self.refinements} refinement(s)); {self.direct_heads} computed directly; "
+                f"{self.lattice_nodes:,} lattice nodes evaluated, {self.shared_nodes:,} shared with a neighbour")
 
     def merge(self, other: FastStats) -> None:
         for f in fields(self):
@@ -88,17 +97,21 @@ class FastStats:
             setattr(self, f.name, max(mine, theirs) if f.name == "max_checked_error" else mine + theirs)
 
 
-#: Where each touched lattice cell is checked, as fractions of the cell (x, y): its centre, where
-#: tensor-product interpolation errs most, and the midpoints of its four edges, where the error of
-#: one axis alone peaks (shared with the neighbouring cells, so evaluated once).
-CHECK_FRACTIONS = ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5), (1.0, 0.5), (0.5, 1.0))
+#: Where each touched lattice cell of a call is checked, as fractions of the cell (x, y): its centre,
+#: where tensor-product interpolation errs most, and the midpoints of its four edges, where the error
+#: of one axis alone peaks (shared with the neighbouring cells, so evaluated once). Centres alone
+#: were tried: they miss edge errors of a lattice far too coarse (tests/test_fast_mode.py).
+CHECK_FRACTIONS: tuple[tuple[float, float], ...] = ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5), (1.0, 0.5), (0.5, 1.0))
+#: The planner's probe points per lattice cell: the same.
+PROBE_FRACTIONS = CHECK_FRACTIONS
 
 
-def check_points(lonlat: npt.NDArray[np.float64], spacing: float) -> npt.NDArray[np.float64]:
-    """(c, 2) (lon, lat) check points (:data:`CHECK_FRACTIONS`) of the lattice cells holding the points."""
+def check_points(lonlat: npt.NDArray[np.float64], spacing: float,
+                 fractions: tuple[tuple[float, float], ...] = CHECK_FRACTIONS) -> npt.NDArray[np.float64]:
+    """(c, 2) (lon, lat) check points (``fractions`` of each cell) of the lattice cells holding the points."""
     cells = np.unique(np.floor(np.stack([(lonlat[:, 0] + 180.0) / spacing, (lonlat[:, 1] + 90.0) / spacing],
                                         axis=1)), axis=0)
-    points = np.unique(np.concatenate([cells + np.array(frac) for frac in CHECK_FRACTIONS]), axis=0)
+    points = np.unique(np.concatenate([cells + np.array(frac) for frac in fractions]), axis=0)
     lon = (-180.0 + points[:, 0] * spacing + 180.0) % 360.0 - 180.0
     lat = np.clip(-90.0 + points[:, 1] * spacing, -90.0, 90.0)
     return np.stack([lon, lat], axis=1)
@@ -114,31 +127,81 @@ class FastRetriever:
     Args:
         context: the exact retrieval (its database rows, query features and variant are reused).
         plan: the approximations to apply.
+        stages: where to add the seconds of each stage (``<head>: lattice nodes`` / ``interpolation`` /
+            ``checks`` / ``direct``); a new :class:`StageTimes` by default.
     """
 
-    def __init__(self, context: RetrievalContext, plan: FastPlan) -> None:
+    def __init__(self, context: RetrievalContext, plan: FastPlan, stages: StageTimes | None = None) -> None:
         self.context = context
         self.plan = plan
         self.stats = FastStats()
+        self.stages = StageTimes() if stages is None else stages
+        # (head, spacing) -> (sorted node keys, (U, C) values, call number that last used each node)
+        self._nodes: dict[tuple[str, float], tuple[npt.NDArray[np.int64], torch.Tensor, npt.NDArray[np.int64]]] = {}
+        self._calls = 0
         db = context.db
         if plan.basis is None:
             self.db = db
         else:
-            coefficients = plan.basis.coefficients(db.values_aug[:, :-1])
             aug = torch.empty((db.rows, plan.basis.rank + 1), dtype=db.dtype, device=db.device)
-            aug[:, :-1] = coefficients
+            for start in range(0, db.rows, 16384):  # row blocks: no (M, D) temporary of V - μ
+                aug[start : start + 16384, :-1] = plan.basis.coefficients(db.values_aug[start : start + 16384, :-1])
             aug[:, -1] = 1.0
             self.db = db.with_values(aug)
 
     def _retrieve(self, heads: tuple[str, ...], q_hat: torch.Tensor, xyz: torch.Tensor,
-                  settings: RetrievalSettings) -> list[torch.Tensor]:
-        return retrieve_averages(self.db, heads, q_hat, xyz, settings)
+                  settings: RetrievalSettings, stage: str | None = None) -> list[torch.Tensor]:
+        with self.stages.stage(stage or f"{'+'.join(heads)}: direct"):
+            return retrieve_averages(self.db, heads, q_hat, xyz, settings)
+
+    def _node_values(self, head: str, stencils: Stencils, settings: RetrievalSettings) -> torch.Tensor:
+        """(U, C) exact ``head`` at the stencils' nodes: reused from earlier calls where they overlap."""
+        self._calls += 1
+        keys = stencils.keys
+        cached = self._nodes.get((head, stencils.spacing))
+        width = int(self.db.values_aug.shape[1]) - 1
+        values = torch.empty((len(keys), width), dtype=self.db.dtype, device=self.db.device)
+        hit = np.zeros(len(keys), dtype=bool)
+        if cached is not None:
+            old_keys, old_values, _ = cached
+            pos = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
+            hit = old_keys[pos] == keys
+            if hit.any():
+                values[torch.from_numpy(np.flatnonzero(hit))] = old_values[torch.from_numpy(pos[hit])]
+        new = np.flatnonzero(~hit)
+        if len(new):
+            node_q, node_xyz = self.context.features(stencils.nodes[new])
+            (values[torch.from_numpy(new)],) = self._retrieve((head,), node_q, node_xyz, settings,
+                                                              f"{head}: lattice nodes")
+        self.stats.lattice_nodes += len(new)
+        self.stats.shared_nodes += int(hit.sum())
+        self._remember(head, stencils.spacing, keys, values, cached)
+        return values
+
+    def _remember(self, head: str, spacing: float, keys: npt.NDArray[np.int64], values: torch.Tensor,
+                  cached: tuple[npt.NDArray[np.int64], torch.Tensor, npt.NDArray[np.int64]] | None) -> None:
+        """Keep this call's nodes and, within :data:`NODE_CACHE_BYTES`, the most recently used older ones."""
+        limit = NODE_CACHE_BYTES // max(1, values.element_size() * values.shape[1])
+        if len(keys) >= limit:
+            self._nodes.pop((head, spacing), None)
+            return
+        used = np.full(len(keys), self._calls, dtype=np.int64)
+        if cached is not None:
+            old_keys, old_values, old_used = cached
+            older = np.flatnonzero(~np.isin(old_keys, keys))
+            older = older[np.argsort(old_used[older], kind="stable")[::-1][: limit - len(keys)]]
+            keys = np.concatenate([keys, old_keys[older]])
+            values = torch.cat([values, old_values[torch.from_numpy(older)]])
+            used = np.concatenate([used, old_used[older]])
+            order = np.argsort(keys)
+            keys, used, values = keys[order], used[order], values[torch.from_numpy(order)]
+        self._nodes[(head, spacing)] = (keys, values, used)
 
     def _interpolate(self, head: str, stencils: Stencils, settings: RetrievalSettings) -> torch.Tensor:
         """(n, C) ``head`` at the stencils' queries, from exact values at their lattice nodes."""
-        node_q, node_xyz = self.context.features(stencils.nodes)
-        (node_avg,) = self._retrieve((head,), node_q, node_xyz, settings)
-        return interpolate(node_avg, stencils)
+        node_avg = self._node_values(head, stencils, settings)
+        with self.stages.stage(f"{head}: interpolation"):
+            return interpolate(node_avg, stencils)
 
     def interpolated(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
                      settings: RetrievalSettings) -> torch.Tensor:
@@ -149,12 +212,37 @@ class FastRetriever:
                          settings: RetrievalSettings) -> tuple[torch.Tensor, Checkpoints] | None:
         """``head`` interpolated at the points and at the check points of their cells (one node set);
         None when nodes and check points would cost about as much as the points computed directly."""
-        points = check_points(lonlat, spacing)
-        stencils = lattice_stencils(np.concatenate([lonlat, points]), spacing)
-        if len(stencils.nodes) + len(points) >= LATTICE_COST_RATIO * len(lonlat):
+        with self.stages.stage(f"{head}: interpolation"):
+            points = check_points(lonlat, spacing)
+            stencils = lattice_stencils(np.concatenate([lonlat, points]), spacing)
+        if not self._lattice_pays(head, len(lonlat), self._unshared(head, stencils) + len(points)):
             return None
         values = self._interpolate(head, stencils, settings)
         return values[: len(lonlat)], (points, values[len(lonlat) :])
+
+    def _unshared(self, head: str, stencils: Stencils) -> int:
+        """Nodes of the stencils not kept from an earlier call (what the lattice would evaluate)."""
+        cached = self._nodes.get((head, stencils.spacing))
+        if cached is None:
+            return len(stencils.keys)
+        old_keys = cached[0]
+        pos = np.minimum(np.searchsorted(old_keys, stencils.keys), len(old_keys) - 1)
+        return int((old_keys[pos] != stencils.keys).sum())
+
+    def _lattice_pays(self, head: str, points: int, evaluations: int) -> bool:
+        """Whether ``evaluations`` exact lattice evaluations (nodes + checks) cost less than ``points`` direct ones.
+
+        With the per-point costs the planner measured: an evaluation pays for its features and the head,
+        a point computed directly only for the head (its features are needed anyway). Without them, the
+        count rule :data:`LATTICE_COST_RATIO`.
+        """
+        costs = self.plan.costs
+        head_cost = costs.get(f"head:{head}")
+        if head_cost is None or "features" not in costs:
+            return evaluations < LATTICE_COST_RATIO * points
+        lattice = (2 * costs.get("features_call", 0.0) + evaluations * (costs["features"] + head_cost)
+                   + points * costs.get("interpolation", 0.0))
+        return lattice < points * head_cost
 
     def _check(self, head: str, checks: Checkpoints, settings: RetrievalSettings, weights: torch.Tensor,
                norms: torch.Tensor) -> float:
@@ -167,7 +255,7 @@ class FastRetriever:
         """
         points, approx = checks
         q, xyz = self.context.features(points)
-        (exact,) = self._retrieve((head,), q, xyz, settings)
+        (exact,) = self._retrieve((head,), q, xyz, settings, f"{head}: checks")
         self.stats.checked_points += len(points)
         # an orthonormal PCA basis keeps norms: the coefficient error is the value error
         worst = float((approx - exact).double().norm(dim=1).max())

@@ -1,0 +1,387 @@
+"""Benchmark: the grid job as users run it, exact against fast, end to end and per stage.
+
+Sample assets in the published formats are made once and cached under ``--workdir``: a SatCLIP
+checkpoint of random weights at L = 40 (published harmonics) and a database of ``--rows`` rows
+(and one of ``--small-rows``), via :func:`range_dist.assets.write_sample_assets`. Each case runs
+the real job (``load_inputs`` -> ``build_plan`` -> ``run_grid``, 3 β, float16, land only) with an
+executor that is :class:`range_dist.executors.local.LocalExecutor` plus timers, once exact and once
+fast at ``--tolerance``:
+
+* wall time end to end (reading the assets, planning the fast mode, creating the cube, every tile,
+  the final record; the interpreter's start-up and imports are measured once apart), points/s and
+  the fast / exact ratio;
+* a stage table: harmonics + SIREN, each retrieval head (exact; or lattice nodes, interpolation,
+  checks, direct), blending, casting, compression (the tile's bytes through the cube's Blosc codec,
+  timed alone), writing (the tile write minus compression), and what remains: reading + planning +
+  waiting;
+* the exact retrieval's rate as a fraction of this machine's fp32 matrix-product rate, measured in
+  the same run, and the other processes' CPU share while each run ran (the machine may be shared);
+* for the 0.25° cases, the fast cube's largest relative error against the exact one on all cells
+  and β, from float32 outputs of the same runs (the cubes are float16), against the tolerance;
+* peak RSS, and the resident cost of an encoder over the database in value copies;
+* a global 0.1° land-only cube extrapolated from the measured 0.1° tile.
+
+Usage:
+    python benchmarks/grid_job.py --quick           # a few minutes: 20k rows, small regions
+    python benchmarks/grid_job.py                   # the full table (100k rows; ~20 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psutil
+import torch
+from retrieval import CpuMeter, matmul_rate, peak_rss_mib  # benchmarks/retrieval.py, beside this script
+
+from range_dist.assets import AssetPaths, write_sample_assets
+from range_dist.cube.store import TILE_COMPUTED, TILE_SKIPPED, write_tile
+from range_dist.database.store import RetrievalDatabase
+from range_dist.grid.spec import TileKey
+from range_dist.jobs.grid.config import GridJobConfig
+from range_dist.jobs.grid.plan import GridPlan, build_plan, load_inputs
+from range_dist.jobs.grid.run import run_grid
+from range_dist.jobs.grid.steps import TileResult, _scatter, tile_points
+from range_dist.retrieval.encoder import RangeEncoder
+from range_dist.retrieval.fast.plan import relative_errors
+from range_dist.retrieval.fast.retriever import FastStats
+from range_dist.retrieval.timing import StageTimes
+
+BETAS = (0.0, 0.5, 1.0)
+LEGENDRE_POLYS = 40
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    resolution: float
+    bbox: tuple[float, float, float, float] | None
+    rows: int
+    tile_size: int = 256
+    check_error: bool = False
+
+
+def cases(quick: bool, rows: int, small_rows: int) -> list[Case]:
+    if quick:
+        return [
+            Case("0.25° 10°×10° land", 0.25, (10.0, 10.0, 20.0, 20.0), rows, check_error=True),
+            Case("0.1° one 128² tile", 0.1, (10.0, 0.0, 22.8, 12.8), rows, tile_size=128),
+            Case(f"0.25° 10°×10°, {small_rows:,} rows", 0.25, (10.0, 10.0, 20.0, 20.0), small_rows, check_error=True),
+            Case("2° global land", 2.0, None, rows),
+        ]
+    return [
+        Case("0.25° 30°×30° land", 0.25, (10.0, 0.0, 40.0, 30.0), rows, check_error=True),
+        Case("0.1° one 256² tile", 0.1, (10.0, 0.0, 35.6, 25.6), rows),
+        Case(f"0.25° 30°×30°, {small_rows:,} rows", 0.25, (10.0, 0.0, 40.0, 30.0), small_rows, check_error=True),
+        Case("1° global land", 1.0, None, rows),
+    ]
+
+
+def ensure_assets(work: Path, rows: int) -> AssetPaths:
+    """The L = 40 sample checkpoint and a ``rows``-row database, written once under ``work``."""
+    out = work / f"assets-L{LEGENDRE_POLYS}-{rows}"
+    done = out / "done"
+    if not done.exists():
+        t0 = time.perf_counter()
+        paths = write_sample_assets(out, rows=rows, legendre_polys=LEGENDRE_POLYS)
+        done.write_text(f"{paths.checkpoint}\n{paths.database}\n")
+        print(f"wrote sample assets {out} ({rows:,} rows, L={LEGENDRE_POLYS}) in {time.perf_counter() - t0:.1f} s")
+    ckpt, db = done.read_text().split()
+    return AssetPaths(Path(ckpt), Path(db))
+
+
+def blosc_seconds(block: npt.NDArray[Any], chunk: int) -> float:
+    """Seconds to compress a (B, h, w, F) tile block in (1, chunk, chunk, F) pieces with the cube's codec."""
+    from numcodecs import Blosc
+
+    codec = Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE)
+    start = time.perf_counter()
+    for b in range(block.shape[0]):
+        for y in range(0, block.shape[1], chunk):
+            for x in range(0, block.shape[2], chunk):
+                codec.encode(np.ascontiguousarray(block[b, y : y + chunk, x : x + chunk]))
+    return time.perf_counter() - start
+
+
+class TimedLocalExecutor:
+    """:class:`range_dist.executors.local.LocalExecutor` (one replica, one shard) with timers.
+
+    Each tile is :func:`range_dist.jobs.grid.steps.embed_and_write_tile`'s steps, timed one by one;
+    with ``keep_float32`` the tile is encoded in float32, kept, and cast here (for the error check).
+    """
+
+    name = "local"
+
+    def __init__(self, keep_float32: bool = False) -> None:
+        self.keep_float32 = keep_float32
+        self.kept: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
+        self.encoder: RangeEncoder | None = None
+        self.times = StageTimes()
+        self.tile_seconds = 0.0
+        self.extra_seconds = 0.0
+        self.fast_stats = FastStats()
+
+    def run_tiles(self, plan: GridPlan, tiles: Sequence[TileKey], on_result: Callable[[TileResult], None],
+                  log: Any = sys.stderr) -> tuple[int, float]:
+        cfg = plan.config
+        # what LocalExecutor computes a tile at (a cube layout may compute other β / dtype than it stores)
+        betas = getattr(plan, "compute_betas", cfg.betas)
+        dtype = getattr(plan, "compute_dtype", cfg.dtype)
+        t0 = time.perf_counter()
+        self.encoder = encoder = plan.payload.build("cpu")
+        self.times.add("building the encoder", time.perf_counter() - t0)
+        for tile in tiles:
+            start, extra_before = time.perf_counter(), self.extra_seconds
+            lonlat, mask = tile_points(plan.layout.grid, tile, cfg.land_only)
+            if not mask.any():
+                write_tile(cfg.out, tile, None, TILE_SKIPPED)
+                on_result(TileResult(tile, TILE_SKIPPED, 0, 0.0, 0))
+                continue
+            if encoder.fast is not None:
+                encoder.fast.stats = FastStats()
+            k0 = time.perf_counter()
+            emb = encoder.encode(lonlat[mask], betas, dtype=np.float32 if self.keep_float32 else dtype)
+            kernel = time.perf_counter() - k0
+            if self.keep_float32:
+                self.kept[(tile.row, tile.col)] = emb
+                with self.times.stage("casting (kept float32 copy)"):
+                    emb = emb.astype(dtype)
+            with self.times.stage("scatter (ocean NaN)"):
+                block = _scatter(tile, mask, emb)
+            # measured alone, outside the job's time (the tile write below compresses again)
+            measure = time.perf_counter()
+            self.times.add("compression", blosc_seconds(block, cfg.chunk_size))
+            self.extra_seconds += time.perf_counter() - measure
+            with self.times.stage("tile write (incl. compression)"):
+                written = write_tile(cfg.out, tile, block, TILE_COMPUTED)
+            checks = None if encoder.fast is None else encoder.fast.stats
+            if checks is not None:
+                self.fast_stats.merge(checks)
+            self.tile_seconds += time.perf_counter() - start - (self.extra_seconds - extra_before)
+            on_result(TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written, checks))
+        return 1, 0.0
+
+
+@dataclass
+class RunResult:
+    wall: float
+    points: int
+    stages: dict[str, float]
+    tile_seconds: float
+    kept: dict[tuple[int, int], npt.NDArray[np.float32]]
+    fast: dict[str, Any] | None
+    other_cpu: float
+    fast_stats: FastStats | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_case(case: Case, mode: str, assets: AssetPaths, work: Path, tolerance: float, log: Any) -> RunResult:
+    """One end-to-end run of the job; the cube goes to ``work``."""
+    out = work / f"{case.name.replace('°', 'd').replace(' ', '_').replace('×', 'x').replace(',', '')}-{mode}.zarr"
+    config = GridJobConfig(resolution=case.resolution, bbox=case.bbox, land_only=True, betas=BETAS,
+                           satclip=assets.checkpoint, db=assets.database, out=out, tile_size=case.tile_size,
+                           dtype="float16", executor="local", overwrite=True, mode=mode,
+                           tolerance=tolerance if mode == "fast" else None)
+    executor = TimedLocalExecutor(keep_float32=case.check_error)
+    from range_dist.jobs.grid.run import fast_plan_path
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time: no resume, no saved fast plan
+    fast_plan_path(out).unlink(missing_ok=True)
+    gc.collect()
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        plan = build_plan(config, load_inputs(config, sample=True))
+        report = run_grid(plan, executor, log=log)
+        wall = time.perf_counter() - start - executor.extra_seconds
+    other = meter.other_share
+    import zarr
+
+    stored = zarr.open_group(str(out), mode="r").attrs.get("range_dist:fast")
+    fast_attr = dict(stored) if isinstance(stored, dict) else None
+    encoder = executor.encoder
+    stages = {} if encoder is None else dict(encoder.stages.seconds)
+    stages.update(executor.times.seconds)
+    return RunResult(wall, report.points, stages, executor.tile_seconds, executor.kept, fast_attr, other,
+                     report.fast_checks)
+
+
+STAGE_ORDER = ("harmonics + SIREN", "retrieval exact (sem+geo)", "sem: lattice nodes", "sem: interpolation",
+               "sem: checks", "sem: direct", "geo: lattice nodes", "geo: interpolation", "geo: checks",
+               "geo: direct", "sem+geo: direct", "blending", "casting + copy out", "casting (kept float32 copy)",
+               "scatter (ocean NaN)", "compression", "writing")
+
+
+def stage_rows(result: RunResult) -> dict[str, float]:
+    """Stage -> seconds, with writing = tile write - compression and the rest = reading + planning + waiting."""
+    s = dict(result.stages)
+    s["writing"] = s.pop("tile write (incl. compression)", 0.0) - s.get("compression", 0.0)
+    s.pop("building the encoder", None)
+    s["reading + planning + waiting"] = max(0.0, result.wall - result.tile_seconds)
+    return s
+
+
+def flops_per_point(rows: int, heads: int = 2, key_dim: int = 256, value_dim: int = 1024) -> float:
+    """Dominant FLOPs per query of the exact retrieval (scores 2K + 6, values 2(D+1) per head)."""
+    return rows * (2 * key_dim + 6 + 2 * (value_dim + 1) * heads)
+
+
+def largest_error(exact: RunResult, fast: RunResult) -> float:
+    worst = 0.0
+    for key, ref in exact.kept.items():
+        approx = fast.kept[key]
+        worst = max(worst, float(relative_errors(torch.from_numpy(approx), torch.from_numpy(ref)).max()))
+    return worst
+
+
+def startup_seconds() -> float:
+    """Seconds for a fresh interpreter to import the CLI and the grid job (what every run pays first)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import range_dist.cli.main, range_dist.executors, "
+                    "range_dist.jobs.grid.run, range_dist.retrieval.encoder"], check=True)
+    return time.perf_counter() - t0
+
+
+def encoder_memory(assets: AssetPaths) -> str:
+    """Resident MiB an exact encoder adds over an open database, in copies of the values."""
+    from range_dist.encoders.checkpoints import load_satclip_location_encoder
+
+    proc = psutil.Process()
+    db = RetrievalDatabase.open(assets.database)
+    location = load_satclip_location_encoder(assets.checkpoint)
+    gc.collect()
+    before = proc.memory_info().rss
+    encoder = RangeEncoder(location, db)
+    gc.collect()
+    grown = (proc.memory_info().rss - before) / 2**20
+    values = db.values.nbytes / 2**20
+    keys = db.keys.nbytes / 2**20
+    del encoder
+    return (f"encoder over an open {db.rows:,}-row database: +{grown:,.0f} MiB resident (values {values:,.0f} MiB, "
+            f"keys {keys:,.0f} MiB): {max(0.0, grown - keys) / values:.2f} extra copies of the values")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--rows", type=int, default=None, help="database rows (default 100,000; quick 20,000)")
+    parser.add_argument("--small-rows", type=int, default=None, help="the small database (default 8,000; quick 4,000)")
+    parser.add_argument("--tolerance", type=float, default=1e-3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/range_grid_job_bench"))
+    parser.add_argument("--only", default=None, help="comma-separated case numbers (1-based) to run")
+    parser.add_argument("--modes", default="exact,fast")
+    args = parser.parse_args(argv)
+    rows = args.rows or (20000 if args.quick else 100000)
+    small_rows = args.small_rows or (4000 if args.quick else 8000)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    log = open(work / "runs.log", "a")  # noqa: SIM115 - the job's own lines, kept apart from the tables
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; SatCLIP "
+          f"L={LEGENDRE_POLYS} random weights (published harmonics); β {list(BETAS)}; float16 cube; land only; "
+          f"tolerance {args.tolerance:g}; job log {work / 'runs.log'}")
+    rate = matmul_rate()
+    print(f"fp32 matmul rate (torch.mm 2048², this run): {rate:.0f} GFLOP/s")
+    start_up = startup_seconds()
+    print(f"interpreter start-up + imports: {start_up:.1f} s (paid once per command; added to every wall below)")
+    selected = cases(args.quick, rows, small_rows)
+    if args.only:
+        selected = [selected[int(i) - 1] for i in args.only.split(",")]
+    modes = args.modes.split(",")
+    summary = ["| case | rows | cells | exact pts/s | exact wall s | fast pts/s | fast wall s | fast / exact | "
+               "fast error (all cells) | fast plan | other CPU |", "|---" * 11 + "|"]
+    tables: list[str] = []
+    per_point: dict[str, dict[str, float]] = {}
+    for case in selected:
+        assets = ensure_assets(work, case.rows)
+        results: dict[str, RunResult] = {}
+        for mode in modes:
+            print(f"... {case.name}: {mode}", flush=True)
+            results[mode] = run_case(case, mode, assets, work, args.tolerance, log)
+            r = results[mode]
+            print(f"    {r.points:,} points in {r.wall + start_up:.1f} s = {r.points / (r.wall + start_up):,.0f} "
+                  f"points/s (other processes used {r.other_cpu:.0%} of the CPUs)", flush=True)
+        tables.append(stage_table(case, results, rate, start_up))
+        print(tables[-1], flush=True)
+        ex, fa = results.get("exact"), results.get("fast")
+        err = "-"
+        if ex is not None and fa is not None and case.check_error:
+            worst = largest_error(ex, fa)
+            err = f"{worst:.2e} {'<=' if worst <= args.tolerance else '> !'} {args.tolerance:g}"
+        plan_text = "-" if fa is None or fa.fast is None else describe_fast(fa.fast)
+        cells = (ex or fa).points  # type: ignore[union-attr]
+        eps = ex.points / (ex.wall + start_up) if ex else float("nan")
+        fps = fa.points / (fa.wall + start_up) if fa else float("nan")
+        summary.append(f"| {case.name} | {case.rows:,} | {cells:,} | {eps:,.0f} | "
+                       f"{(ex.wall + start_up) if ex else float('nan'):.1f} | {fps:,.0f} | "
+                       f"{(fa.wall + start_up) if fa else float('nan'):.1f} | "
+                       f"{fps / max(eps, 1e-9):.2f}× | {err} | {plan_text} | "
+                       f"{max(r.other_cpu for r in results.values()):.0%} |")
+        print(summary[-1], flush=True)
+        if case.resolution == 0.1:
+            per_point[case.name] = {m: (r.tile_seconds / max(r.points, 1)) for m, r in results.items()}
+            per_point[case.name].update({f"{m}_fixed": r.wall - r.tile_seconds for m, r in results.items()})
+    print("\n=== summary (wall includes start-up, reading, planning, writing) ===")
+    print("\n".join(summary))
+    for name, pp in per_point.items():
+        land_cells = 1_900_000
+        line = [f"\nglobal 0.1° land-only cube extrapolated from '{name}' ({land_cells:,} land cells, 3 β, 2 cores):"]
+        for mode in modes:
+            if mode in pp:
+                total = pp[f"{mode}_fixed"] + start_up + land_cells * pp[mode]
+                line.append(f"  {mode}: {land_cells * pp[mode] / 3600:.1f} h of tiles + "
+                            f"{pp[f'{mode}_fixed'] + start_up:.0f} s fixed = {total / 3600:.1f} h "
+                            f"({1 / pp[mode]:,.0f} points/s per tile)")
+        print("\n".join(line))
+    print("\n" + encoder_memory(ensure_assets(work, rows)))
+    print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
+
+
+def describe_fast(attr: dict[str, Any]) -> str:
+    if attr.get("mode") != "fast":
+        return f"exact fallback: {attr.get('reason', '?')}"
+    heads = ", ".join(f"{h} {v['spacing_deg']}°" for h, v in attr.get("interpolated_heads", {}).items())
+    plan_s = attr.get("planning_seconds")
+    return (f"rank {attr.get('value_rank')}, {heads or 'no lattice'}; plan err {attr.get('measured_error', 0):.1e}"
+            + (f", planned in {plan_s:.1f} s" if plan_s is not None else ""))
+
+
+def stage_table(case: Case, results: dict[str, RunResult], rate: float, start_up: float) -> str:
+    rows_by_mode = {m: stage_rows(r) for m, r in results.items()}
+    names = [n for n in STAGE_ORDER if any(n in s for s in rows_by_mode.values())]
+    names += sorted({n for s in rows_by_mode.values() for n in s} - set(names) - {"reading + planning + waiting"})
+    names.append("reading + planning + waiting")
+    modes = list(results)
+    lines = [f"\nstages of '{case.name}' ({case.rows:,} rows), seconds (share of wall):",
+             "| stage | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for name in names:
+        cells = []
+        for m in modes:
+            sec = rows_by_mode[m].get(name)
+            cells.append("" if sec is None else f"{sec:.2f} ({sec / results[m].wall:.0%})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| start-up + imports | " + " | ".join(f"{start_up:.2f}" for _ in modes) + " |")
+    lines.append("| wall (in process) | " + " | ".join(f"{results[m].wall:.2f}" for m in modes) + " |")
+    exact = results.get("exact")
+    if exact is not None and "retrieval exact (sem+geo)" in exact.stages:
+        gflops = exact.points * flops_per_point(case.rows) / exact.stages["retrieval exact (sem+geo)"] / 1e9
+        lines.append(f"exact retrieval: {gflops:.0f} GFLOP/s = {gflops / rate:.0%} of the in-run matmul rate "
+                     f"({rate:.0f} GFLOP/s)")
+    fast = results.get("fast")
+    if fast is not None and fast.fast_stats is not None:
+        lines.append(fast.fast_stats.summary())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
