@@ -17,11 +17,16 @@ Every task is a :class:`Task`: (lon, lat) points with labels, either one set tha
   :func:`fibonacci_lattice`) with label ``i mod 16``; train = ``n_train`` (default 10,000) points
   uniform on the sphere, test = an ``n_test``-point (default 10,000) Fibonacci lattice; each point
   takes the label of its nearest support point (great-circle distance). 16 classes.
+* ``landcover`` (demo cubes only): ``size`` points uniform on land (global-land-mask) within the
+  demo world's latitude band; label = the land-cover class the demo world's generator gives each
+  location (:func:`labelled_land_task` with the world's label function, e.g.
+  :class:`range_dist.testing.world.LandCoverMap`). Real cubes have no such labels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +104,48 @@ def landocean_task(size: int = 2000, seed: int = 0) -> Task:
     return Task("landocean", "classification", lonlat, labels,
                 description=f"{size} points uniform on the sphere; label = land (global-land-mask) 1 / ocean 0",
                 info={"land_fraction": float(labels.mean())})
+
+
+def labelled_land_task(name: str, label_fn: Callable[[npt.NDArray[np.float64]], npt.ArrayLike], size: int = 2000,
+                       seed: int = 0, max_abs_lat: float = 90.0, class_names: Sequence[str] | None = None,
+                       description: str = "") -> Task:
+    """Points uniform on land labelled by a given function (the demo world's land cover).
+
+    Args:
+        name: task name (e.g. ``landcover``).
+        label_fn: (N, 2) (lon, lat) degrees -> (N,) labels (e.g. the demo world's
+            :class:`~range_dist.testing.world.LandCoverMap`).
+        size: number of points.
+        seed: sampling seed.
+        max_abs_lat: keep only points with |lat| <= this (the band the labels are defined for).
+        class_names: names of integer labels, for ``info`` (class counts by name).
+        description: how the labels were made (one line).
+
+    Returns:
+        A classification :class:`Task` split 80/20 by the probe.
+    """
+    from range_dist.geo.sphere import sample_land
+
+    _check_size("size", size, 10)
+    rng = np.random.default_rng(seed)
+    kept: list[npt.NDArray[np.float64]] = []
+    have = 0
+    while have < size:
+        pts = sample_land(max(256, 2 * (size - have)), rng)
+        pts = pts[np.abs(pts[:, 1]) <= max_abs_lat]
+        kept.append(pts)
+        have += len(pts)
+    lonlat = np.concatenate(kept)[:size]
+    labels = np.asarray(label_fn(lonlat))
+    if labels.shape != (size,):
+        raise ConfigError(f"task {name!r}: the label function gave shape {labels.shape} for {size} points; "
+                          f"expected ({size},)")
+    values, counts = np.unique(labels, return_counts=True)
+    names = [class_names[int(v)] if class_names is not None else str(v) for v in values]
+    return Task(name, "classification", lonlat, labels,
+                description=f"{size} points uniform on land (|lat| <= {max_abs_lat:g}°); "
+                            f"{description or 'label = the given function of location'}",
+                info={"class_counts": dict(zip(names, (int(c) for c in counts)))})
 
 
 def koppen_classes(lonlat: npt.NDArray[np.float64]) -> npt.NDArray[np.str_]:

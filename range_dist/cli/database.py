@@ -10,6 +10,21 @@ from range_dist.errors import ConfigError
 from range_dist.util.outputs import check_output_location
 
 
+def _sample_note(info: dict[str, Any]) -> str | None:
+    """What db-info says about a database that is not the published one (None for a regular one).
+
+    Rows that ``build-db`` made through the STAC pipeline are real chips, never "synthetic", whatever
+    encoders made them; only rows made up by ``sample-assets`` are synthetic.
+    """
+    if not info.get("sample"):
+        return None
+    label = info.get("assets_label") or info.get("sample_note")
+    if str(info.get("origin", "")).startswith("stac:"):
+        return (f"not the published database: rows built through the STAC pipeline from chips, with "
+                f"{label or 'sample (untrained) encoders'}")
+    return "sample database (synthetic rows), not the published one"
+
+
 def _print_db_info(db: Any, sample: int) -> None:
     from range_dist.database import check_row_alignment
 
@@ -20,8 +35,9 @@ def _print_db_info(db: Any, sample: int) -> None:
     print(f"key model:  {info.get('key_model', 'unknown')}")
     print(f"value model:{' ' if info.get('value_model') else ''}{info.get('value_model', 'unknown')}")
     print(f"origin:     {info.get('origin', 'unknown')}")
-    if info.get("sample"):
-        print("NOTE:       sample database (synthetic rows), not the published one")
+    note = _sample_note(info)
+    if note:
+        print(f"NOTE:       {note}")
     lon, lat = db.locations[:, 0], db.locations[:, 1]
     print(f"extent:     lon [{lon.min():.2f}, {lon.max():.2f}], lat [{lat.min():.2f}, {lat.max():.2f}]")
     print(f"provenance: {', '.join(sorted(db.provenance)) or 'none'}")

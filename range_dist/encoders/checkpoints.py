@@ -41,6 +41,9 @@ _LOCATION_PREFIXES = ("model.location.", "location.", "")
 _HARMONICS_BY_UPSTREAM_NAME: dict[str, HarmonicsMode] = {"analytic": "published", "closed-form": "closed-form"}
 #: The marker :func:`save_satclip_checkpoint` callers put into sample checkpoints (range_dist.assets).
 SAMPLE_MARKER = "range_dist_sample"
+#: How the label under :data:`SAMPLE_MARKER` starts for checkpoints that ``range-dist demo`` fitted on its
+#: generated world (range_dist.demo.train): trained, but on a synthetic world, not the published model.
+DEMO_TRAINED_LABEL = "demo-trained on a synthetic world"
 
 #: Globals ``torch.load(weights_only=True)`` may rebuild besides torch's own defaults (tensors,
 #: dtypes, ``collections.OrderedDict`` -- the ``state_dict`` type --, dict/list/tuple/str/numbers).
