@@ -33,7 +33,7 @@ def test_map_writes_one_png_per_beta(cube: Path, tmp_path: Path, capsys: pytest.
     for beta in ("0", "0.5", "1"):
         with Image.open(tmp_path / f"m_beta{beta}.png") as img:
             assert img.size == (72, 36)
-    assert "NOTE: this cube was made with untrained SAMPLE assets" in capsys.readouterr().out
+    assert "NOTE: this cube was not made with the published assets: SAMPLE - untrained" in capsys.readouterr().out
     assert _run(["map", str(cube), "--beta", "0.5", "--out", str(tmp_path / "one.png"), "--geotiff",
                  str(tmp_path / "one.tif")]) == 0
     assert (tmp_path / "one.png").exists() and (tmp_path / "one.tif").exists()

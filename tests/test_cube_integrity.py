@@ -101,3 +101,12 @@ def test_verify_command_reports_and_repairs_a_cube(cube: tuple[Path, Path],
     assert main(["verify", str(copy), "--repair"]) == 0
     assert "repaired: 2 tile(s) recomputed; 0 bad tile(s) left" in capsys.readouterr().out
     _same(clean, copy)
+
+
+def test_full_check_of_a_grid_narrower_than_a_tile_on_one_axis(sample_assets: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    ckpt, db = sample_assets  # 3 × 36 cells, tiles of 8: shards are 3 high and 8 wide
+    out = tmp_path / "band.zarr"
+    assert main(_grid(ckpt, db, out, "--bbox=-180,0,180,30", "--tile-size", "8", "--chunk-size", "4")) == 0
+    checks = check_tiles(out, full=True)
+    assert len(checks) == 5 and all(c.state == "ok" for c in checks), checks

@@ -1,9 +1,11 @@
 """Open embedding cubes lazily, select β levels and sample embeddings at points.
 
-A cube is the Zarr v3 store written by ``range-dist embed-grid``: ``embedding(beta, lat, lon,
-feature)`` on a regular grid of cell centres, lat descending (north-up), lon ascending, NaN where
-a cell was not embedded (ocean in land-only cubes). Everything here is lazy (xarray + dask) until
-values are asked for, and point sampling reads only the cells it needs.
+A cube is the Zarr v3 store written by ``range-dist embed-grid``, read as ``embedding(beta, lat,
+lon, feature)`` on a regular grid of cell centres, lat descending (north-up), lon ascending, NaN
+where a cell was not embedded (ocean in land-only cubes), whatever its layout (β levels, or the
+heads blended at any β on open) and encoding (float32, float16, int8 dequantised on read; see
+:mod:`range_dist.cube.encoding`). Everything here is lazy (xarray + dask) until values are asked
+for, and point sampling reads only the cells it needs.
 
 Sampling methods:
 
@@ -23,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.cube.encoding import ENCODING_KEY, CubeEncoding, check_betas_for, require_layout
 from range_dist.errors import ConfigError, CoordinateError
 from range_dist.geo.coords import validate_lonlat
 
@@ -42,28 +45,46 @@ TARGET_CHUNK_BYTES = 64 * 2**20
 POINT_BLOCK = 2048
 
 
-def _analysis_chunks(path: Path, itemsize: int, feature_dim: int) -> dict[str, int]:
+def _analysis_side(arr: Any, values_per_cell: int, itemsize: int) -> tuple[int, int]:
+    """(lat, lon) cells per dask chunk: multiples of the inner chunk within a shard, at most TARGET_CHUNK_BYTES.
+
+    Per axis, because a grid smaller than a tile on one axis has chunks of another size on that axis
+    (a dask chunk that splits a stored chunk makes every read decode it twice).
+    """
+    names = list(arr.metadata.dimension_names or ())
+    inner = arr.chunks
+    shard = arr.shards or inner
+    sides = []
+    for axis in (names.index("lat") if names else 1, names.index("lon") if names else 2):
+        side, best = inner[axis], inner[axis]
+        while side <= shard[axis] and side * side * values_per_cell * itemsize <= TARGET_CHUNK_BYTES:
+            if shard[axis] % side == 0:
+                best = side
+            side += inner[axis]
+        sides.append(int(best))
+    return sides[0], sides[1]
+
+
+def _analysis_chunks(path: Path, group: str | None, encoding: CubeEncoding) -> dict[str, int]:
     """Chunks for analysis: one β, whole features, lat/lon a multiple of the inner chunk within a shard."""
     import zarr
 
+    first = encoding.variables()[0]
     try:
-        arr = zarr.open_array(str(path / "embedding"), mode="r")
-        inner = arr.chunks
-        shard = arr.shards or inner
-    # no array at embedding/ (older layout) or unreadable metadata (zarr's NodeNotFoundError and
+        arr = zarr.open_array(str(path if group is None else path / group), path=first.name, mode="r")
+        feature_dim = encoding.feature_dim
+        # the decoded float32 (or float16) embedding per β level is what a chunk holds in memory
+        itemsize = 2 if encoding.dtype == "float16" and encoding.quantize == "none" else 4
+        lat_side, lon_side = _analysis_side(arr, feature_dim, itemsize)
+    # no array there (older layout) or unreadable metadata (zarr's NodeNotFoundError and
     # MetadataValidationError are OSError/ValueError), or a chunk grid that is not regular
     # (NotImplementedError): let xarray decide per dimension
     except (OSError, ValueError, NotImplementedError):
-        return {"beta": 1, "feature": -1}
-    side, best = inner[1], inner[1]
-    while side <= shard[1] and side * side * feature_dim * itemsize <= TARGET_CHUNK_BYTES:
-        if shard[1] % side == 0:
-            best = side
-        side += inner[1]
-    return {"beta": 1, "lat": best, "lon": best, "feature": -1}
+        return {"beta": 1}
+    return {"beta": 1, "lat": lat_side, "lon": lon_side}
 
 
-def _open_zarr(path: Path, chunks: dict[str, int] | None) -> xr.Dataset:
+def _open_zarr(path: Path, chunks: dict[str, int] | None, group: str | None = None) -> xr.Dataset:
     import warnings
 
     import xarray as xr
@@ -71,33 +92,70 @@ def _open_zarr(path: Path, chunks: dict[str, int] | None) -> xr.Dataset:
     with warnings.catch_warnings():
         # a cube still being written is not consolidated yet; reading it unconsolidated is fine
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
-        return xr.open_zarr(path, decode_coords="all", chunks=chunks)  # type: ignore[arg-type]
+        # mask_and_scale off: int8 codes have no fill value to mask, and float fills are NaN already
+        return xr.open_zarr(path, group=group, decode_coords="all", chunks=chunks,  # type: ignore[arg-type]
+                            mask_and_scale=False)
 
 
-def open_cube(path: str | Path, chunks: dict[str, int] | None = None) -> xr.Dataset:
-    """Open an embedding cube lazily (xarray + dask) with chunks suited to analysis.
+def overview_levels(path: str | Path) -> list[int]:
+    """Overview levels stored under ``CUBE/overviews/<k>`` (k >= 1, 2^k coarser), ascending."""
+    root = Path(path) / "overviews"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "zarr.json").is_file())
 
-    The store's inner Zarr chunks are small (e.g. 32 × 32 cells) so that point reads are cheap;
-    for whole-map work they make too many dask tasks. By default each dask chunk holds one β, all
-    features and a square of cells that is a whole number of inner chunks inside one shard, of at
-    most :data:`TARGET_CHUNK_BYTES` (64 MiB; 128 × 128 cells for 1280 float16 features).
+
+def _requested_betas(beta: float | Sequence[float] | None) -> list[float] | None:
+    if beta is None:
+        return None
+    values = [float(beta)] if isinstance(beta, (int, float, np.floating)) else [float(b) for b in beta]
+    if not values:
+        raise ConfigError("beta is empty; give at least one β in [0, 1], e.g. 0.5")
+    return values
+
+
+def open_cube(path: str | Path, chunks: dict[str, int] | None = None, *,
+              beta: float | Sequence[float] | None = None, level: int | None = None) -> xr.Dataset:
+    """Open an embedding cube lazily (xarray + dask), decoded, with chunks suited to analysis.
+
+    Every layout and encoding (:mod:`range_dist.cube.encoding`) reads as the same
+    ``embedding(beta, lat, lon, feature)``: int8 codes are dequantised and heads are blended
+    lazily, chunk by chunk. The store's inner Zarr chunks are small (e.g. 32 × 32 cells) so that
+    point reads are cheap; for whole-map work they make too many dask tasks. By default each dask
+    chunk holds one β, all features and a square of cells that is a whole number of inner chunks
+    inside one shard, of at most :data:`TARGET_CHUNK_BYTES` (64 MiB; 128 × 128 cells for 1280
+    float16 features).
 
     Args:
         path: the cube (``.zarr`` directory written by ``embed-grid``).
         chunks: dask chunks per dimension, overriding the default (e.g. ``{"lat": 512}``).
+        beta: None: every stored β (beta layout) or the β levels the run was asked for (heads
+            layout); one β or a list: those levels (beta layout: they must be stored; heads
+            layout: any value in [0, 1], an exact blend of the heads).
+        level: overview level (``CUBE/overviews/<k>``, 2^k coarser); None or 0: the cube itself.
 
     Returns:
-        The dataset, with ``embedding`` (beta, lat, lon, feature) as a dask array and the CRS
-        (EPSG:4326) readable by rioxarray (``ds.rio.crs``).
+        The dataset, with ``embedding`` (beta, lat, lon, feature) float32 (float16 for a float16
+        cube) as a dask array, the CRS (EPSG:4326) readable by rioxarray (``ds.rio.crs``) and the
+        store's attributes (``range_dist:cube_encoding`` says how it is stored).
 
     Raises:
-        ConfigError: the path does not exist or holds no ``embedding(beta, lat, lon, feature)``.
+        ConfigError: the path does not exist or holds no cube, a β outside [0, 1] or not stored,
+            or an overview level that does not exist (the available ones are named).
     """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"cube {path} does not exist; pass the .zarr store written by `range-dist embed-grid`")
+    group = None
+    if level is not None and int(level) != 0:
+        levels = overview_levels(path)
+        if int(level) not in levels:
+            have = ", ".join(str(k) for k in [0, *levels])
+            raise ConfigError(f"level={level}: cube {path} has no overview level {level}; it has level(s) {have} "
+                              "(0 = the cube itself; `range-dist overviews CUBE` builds the pyramid)")
+        group = f"overviews/{int(level)}"
     try:
-        ds = _open_zarr(path, None)
+        ds = _open_zarr(path, None, group)
     # OSError/ValueError: no Zarr group there (zarr's GroupNotFoundError is both), a corrupt zarr.json or
     # an unknown codec; KeyError: a Zarr store without the dimension_names xarray needs
     except (OSError, ValueError, KeyError) as exc:
@@ -105,20 +163,57 @@ def open_cube(path: str | Path, chunks: dict[str, int] | None = None) -> xr.Data
             f"cube {path} could not be opened as a Zarr store ({type(exc).__name__}: {exc}); pass the .zarr "
             "store written by `range-dist embed-grid`"
         ) from exc
-    if "embedding" not in ds or ds["embedding"].dims != ("beta", "lat", "lon", "feature"):
+    source = f"cube {path}" + (f" (level {level})" if group else "")
+    require_layout(ds.attrs, source)
+    emb_dims = ds["embedding"].dims if "embedding" in ds else None
+    if ENCODING_KEY not in ds.attrs and emb_dims != ("beta", "lat", "lon", "feature"):
         found = {name: ds[name].dims for name in ds.data_vars}
         raise ConfigError(
-            f"cube {path} has no variable embedding(beta, lat, lon, feature) (found {found}); pass a cube "
+            f"{source} has no variable embedding(beta, lat, lon, feature) (found {found}); pass a cube "
             "written by `range-dist embed-grid`"
         )
-    emb = ds["embedding"]
-    default = _analysis_chunks(path, emb.dtype.itemsize, emb.sizes["feature"])
-    wanted = {**default, **(chunks or {})}
-    return _open_zarr(path, wanted)
+    emb = ds.get("embedding", None)
+    encoding = CubeEncoding.from_attrs(
+        ds.attrs, str(emb.dtype) if emb is not None else None, emb.sizes["feature"] if emb is not None else None,
+        tuple(float(b) for b in ds["beta"].values) if "beta" in ds.coords else ())
+    wanted = _requested_betas(beta)
+    available = [float(b) for b in ds["beta"].values] if encoding.layout == "beta" else list(encoding.betas)
+    if wanted is not None:
+        check_betas_for(encoding, wanted, available)
+    default = _analysis_chunks(path, group, encoding)
+    stored_chunks = {**default, **(chunks or {})}
+    ds = _open_zarr(path, {k: v for k, v in stored_chunks.items() if k in ("beta", "lat", "lon")}, group)
+    return _decoded(ds, encoding, wanted if wanted is not None else available, stored_chunks)
 
 
-def _as_dataset(cube: str | Path | xr.Dataset) -> xr.Dataset:
-    return open_cube(cube) if isinstance(cube, (str, Path)) else cube
+def _decoded(ds: xr.Dataset, encoding: CubeEncoding, betas: list[float], chunks: dict[str, int]) -> xr.Dataset:
+    """The dataset with ``embedding`` decoded (and, in beta layout, the wanted β levels selected)."""
+    names = [v.name for v in encoding.variables()]
+    if encoding.layout == "beta":
+        idx = [int(np.flatnonzero(np.abs(ds["beta"].values - b) <= 1e-6)[0]) for b in betas]
+        sub = ds.isel(beta=idx)
+        if encoding.quantize == "none":
+            out = sub
+        else:
+            data = encoding.decoded({n: sub[n].data for n in names}, betas)
+            out = sub.drop_vars(names).assign(embedding=(("beta", "lat", "lon", "feature"), data))
+    else:
+        data = encoding.decoded({n: ds[n].data for n in names}, betas)
+        out = ds.drop_vars(names).assign_coords(
+            beta=("beta", np.asarray(betas, dtype=np.float64)),
+            feature=("feature", np.arange(encoding.feature_dim, dtype=np.int32)))
+        out = out.assign(embedding=(("beta", "lat", "lon", "feature"), data))
+    out["embedding"] = out["embedding"].chunk({"beta": chunks.get("beta", 1), "feature": chunks.get("feature", -1)})
+    out["embedding"].attrs.update(long_name="RANGE geo-embedding [H_beta | q_hat]", units="1",
+                                  grid_mapping="spatial_ref")
+    out["beta"].attrs.update(long_name="RANGE+ beta: weight of the semantic head (0 = spatial, 1 = semantic)",
+                             units="1")
+    return out
+
+
+def _as_dataset(cube: str | Path | xr.Dataset, betas: float | Sequence[float] | None = None) -> xr.Dataset:
+    """An opened cube: a path is opened at ``betas`` (so a heads-layout cube blends exactly those)."""
+    return open_cube(cube, beta=betas) if isinstance(cube, (str, Path)) else cube
 
 
 def _beta_indices(ds: xr.Dataset, betas: float | Sequence[float] | None, tol: float = 1e-6) -> list[int]:
@@ -126,13 +221,18 @@ def _beta_indices(ds: xr.Dataset, betas: float | Sequence[float] | None, tol: fl
     if betas is None:
         return list(range(len(available)))
     wanted = [float(betas)] if isinstance(betas, (int, float)) else [float(b) for b in betas]
+    heads = ds.attrs.get(ENCODING_KEY, {}).get("layout") == "heads" if isinstance(ds.attrs.get(ENCODING_KEY),
+                                                                                   dict) else False
     out = []
     for beta in wanted:
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"beta={beta}: β must be in [0, 1] (0 = spatial head, 1 = semantic head)")
         hits = np.flatnonzero(np.abs(available - beta) <= tol)
         if not len(hits):
+            fix = ("this heads-layout cube gives any β in [0, 1]: open it with open_cube(path, beta=...)" if heads
+                   else "Pick one of those (embed-grid --betas sets the levels of a cube).")
             raise ConfigError(
-                f"beta={beta} is not in the cube; it holds beta = {', '.join(f'{b:g}' for b in available)}. "
-                "Pick one of those (embed-grid --betas sets the levels of a cube)."
+                f"beta={beta} is not in the cube; it holds beta = {', '.join(f'{b:g}' for b in available)}. {fix}"
             )
         out.append(int(hits[0]))
     return out
@@ -143,15 +243,15 @@ def select_beta(cube: str | Path | xr.Dataset, beta: float) -> xr.DataArray:
 
     Args:
         cube: a cube path or an opened dataset (see :func:`open_cube`).
-        beta: a β level present in the cube (matched within 1e-6).
+        beta: a β level present in the cube (matched within 1e-6; a heads-layout cube path: any β in [0, 1]).
 
     Returns:
-        Lazy DataArray (lat, lon, feature) in the cube's dtype, with the ``beta`` scalar coordinate.
+        Lazy DataArray (lat, lon, feature), decoded, with the ``beta`` scalar coordinate.
 
     Raises:
         ConfigError: the cube has no such β (the available ones are listed).
     """
-    ds = _as_dataset(cube)
+    ds = _as_dataset(cube, beta)
     (index,) = _beta_indices(ds, beta)
     return ds["embedding"].isel(beta=index)
 
@@ -300,7 +400,7 @@ def sample_cube(
 
     if method not in METHODS:
         raise ConfigError(f"method={method!r}: use one of {', '.join(METHODS)}")
-    ds = _as_dataset(cube)
+    ds = _as_dataset(cube, betas)
     source = str(ds.encoding.get("source", "cube"))
     points = validate_lonlat(lonlat, source="points")
     beta_idx = _beta_indices(ds, betas)

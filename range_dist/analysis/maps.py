@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.encoders.checkpoints import DEMO_TRAINED_LABEL
 from range_dist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -114,6 +115,15 @@ def fit_rgb_projection(
     projected = (x - mean) @ matrix
     lo, hi = np.percentile(projected, [low, high], axis=0)
     return RGBProjection(method, mean, matrix, lo, hi, len(x))
+
+
+def assets_note(attrs: Mapping[str, Any]) -> str | None:
+    """The label a picture of a cube made from non-published assets carries (None: published assets)."""
+    if not attrs.get("range_dist:sample_assets", False):
+        return None
+    if str(attrs.get("range_dist:assets_label", "")).lower().startswith(DEMO_TRAINED_LABEL):
+        return f"{DEMO_TRAINED_LABEL}, not the published model"
+    return "SAMPLE - untrained, not the published model"
 
 
 def _fit_sample(field: xr.DataArray, max_cells: int, seed: int) -> npt.NDArray[np.float64]:
@@ -296,7 +306,7 @@ def render_map(
 
     Args:
         cube: cube path or opened dataset (:func:`range_dist.analysis.cube.open_cube`).
-        beta: β level present in the cube.
+        beta: β level present in the cube (a heads-layout cube path: any β in [0, 1]).
         png: output PNG path.
         method: ``ica`` (default, as in the paper) or ``pca``.
         geotiff: optional GeoTIFF/COG path (cube resolution, RGBA uint8).
@@ -313,7 +323,7 @@ def render_map(
     """
     from range_dist.analysis.cube import GridAxes, _as_dataset, select_beta
 
-    ds = _as_dataset(cube)
+    ds = _as_dataset(cube, beta)
     field = select_beta(ds, beta)
     rgb, projection = project_field(field, method, max_cells=max_cells, seed=seed)
     lat, lon = ds["lat"].values, ds["lon"].values
@@ -323,8 +333,9 @@ def render_map(
     factor = scale or default_scale(axes.n_lon)
     label = f"beta={float(beta):g} {method.upper()}"
     sample = bool(ds.attrs.get("range_dist:sample_assets", False))
-    if sample:  # a map of an untrained sample must say so on the picture itself, not only in the cube
-        label = f"SAMPLE - untrained, not the published model | {label}"
+    note = assets_note(ds.attrs)
+    if note:  # a map of sample or demo assets must say so on the picture itself, not only in the cube
+        label = f"{note} | {label}"
     metadata = {"Title": str(ds.attrs.get("title", "RANGE geo-embedding map")), "Label": label,
                 "range_dist:beta": f"{float(beta):g}", "range_dist:method": method,
                 "range_dist:sample_assets": "true" if sample else "false",

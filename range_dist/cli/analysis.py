@@ -23,7 +23,7 @@ def _map_out(out: Path, beta: float, several: bool) -> Path:
 def run_map(args: argparse.Namespace) -> int:
     """``range-dist map CUBE [--beta B[,B...]] --out map.png [--method ica|pca] [--geotiff out.tif]``."""
     from range_dist.analysis.cube import open_cube
-    from range_dist.analysis.maps import render_map
+    from range_dist.analysis.maps import assets_note, render_map
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -31,8 +31,10 @@ def run_map(args: argparse.Namespace) -> int:
     if args.geotiff is not None and Path(args.geotiff).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"--geotiff {args.geotiff}: give a path ending in .tif")
     check_output_location(out)
-    ds = open_cube(args.cube)
-    betas = [float(b) for b in ds["beta"].values] if args.beta is None else list(parse_betas(args.beta))
+    wanted = None if args.beta is None else list(parse_betas(args.beta))
+    # a heads-layout cube is blended at exactly the asked β on open; a beta-layout cube must hold them
+    ds = open_cube(args.cube, beta=wanted, level=args.level)
+    betas = [float(b) for b in ds["beta"].values]
     several = len(betas) > 1
     if args.dry_run:
         outs = [str(_map_out(out, b, several)) for b in betas]
@@ -46,8 +48,9 @@ def run_map(args: argparse.Namespace) -> int:
         extra = f", {result.geotiff}" if result.geotiff else ""
         print(f"beta={beta:g}: wrote {result.png} ({result.size[0]}x{result.size[1]} px, {args.method.upper()} "
               f"fitted on {result.projection.fitted_cells} cells){extra}")
-    if ds.attrs.get("range_dist:sample_assets"):
-        print("NOTE: this cube was made with untrained SAMPLE assets, not the published model")
+    note = assets_note(ds.attrs)
+    if note:
+        print(f"NOTE: this cube was not made with the published assets: {note}")
     return 0
 
 
@@ -58,8 +61,8 @@ def _range_encoders(args: argparse.Namespace) -> list[Any]:
     if args.cube is not None:
         from range_dist.analysis.cube import open_cube
 
-        ds = open_cube(args.cube)
-        betas = [float(b) for b in ds["beta"].values] if args.betas is None else list(parse_betas(args.betas))
+        ds = open_cube(args.cube, beta=None if args.betas is None else list(parse_betas(args.betas)))
+        betas = [float(b) for b in ds["beta"].values]
         encoders += [cube_encoder(ds, b, method=args.method) for b in betas]
     if args.db is not None:
         if args.satclip is None:
@@ -119,15 +122,15 @@ def run_sample(args: argparse.Namespace) -> int:
     from range_dist.analysis.cube import open_cube, sample_cube, to_numpy
     from range_dist.locations.points_io import read_points, write_embeddings
 
-    ds = open_cube(args.cube)
-    points = read_points(args.points)
     betas = None if args.betas is None else list(parse_betas(args.betas))
+    ds = open_cube(args.cube, beta=betas)  # a heads-layout cube: blended at exactly these β
+    points = read_points(args.points)
     check_output_location(args.out, overwrite=args.overwrite)
     if args.dry_run:
         print(f"sample plan: read {args.cube} {dict(ds.sizes)} at {len(points):,} points of {args.points} "
               f"({args.method}); write {args.out}")
         return 0
-    samples = sample_cube(ds, points, betas=betas, method=args.method)
+    samples = sample_cube(ds, points, method=args.method)
     values = to_numpy(samples)
     beta_values = [float(b) for b in samples["beta"].values]
     attrs = {"cube": str(args.cube), "method": args.method, "betas": beta_values,
@@ -143,7 +146,9 @@ def add_parsers(subparsers: Any) -> None:
                               description="Project a cube's embeddings to RGB and write a PNG per β.")
     p.add_argument("cube", type=Path, help="embedding cube (.zarr) written by embed-grid")
     p.add_argument("--beta", default=None, help="β level(s), comma-separated (default: every β of the cube; "
-                                                "several β write OUT_beta<β>.png)")
+                                                "several β write OUT_beta<β>.png; a heads-layout cube: any β in "
+                                                "[0, 1])")
+    p.add_argument("--level", type=int, default=None, help="overview level k (2^k coarser; default 0, the cube)")
     p.add_argument("--out", type=Path, required=True, help="PNG path")
     p.add_argument("--method", choices=["ica", "pca"], default="ica", help="projection (default ica, as the paper)")
     p.add_argument("--geotiff", type=Path, default=None, help="also write an RGBA Cloud-Optimised GeoTIFF")
@@ -182,7 +187,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("cube", type=Path, help="embedding cube (.zarr)")
     p.add_argument("--points", type=Path, required=True, help="CSV or Parquet with lon, lat columns (degrees)")
     p.add_argument("--out", type=Path, required=True, help=".npz, .parquet or .zarr (as embed-points)")
-    p.add_argument("--betas", default=None, help="β level(s) (default: all of the cube)")
+    p.add_argument("--betas", default=None, help="β level(s) (default: all of the cube; a heads-layout cube: any "
+                                                 "β in [0, 1])")
     p.add_argument("--method", choices=["nearest", "bilinear"], default="bilinear")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")

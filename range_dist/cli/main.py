@@ -52,12 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     from range_dist.cli.database import add_parsers as add_database
     from range_dist.cli.demo import add_parsers as add_demo
     from range_dist.cli.embed import add_parsers as add_embed
+    from range_dist.cli.product import add_parsers as add_product
     from range_dist.cli.verify import add_parsers as add_verify
 
     parser = _Parser(prog="range-dist", description="RANGE geo-embeddings at planet scale.")
     parser.add_argument("--version", action="version", version=f"range-dist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_group in (add_assets, add_database, add_embed, add_demo, add_analysis, add_verify):
+    for add_group in (add_assets, add_database, add_embed, add_demo, add_analysis, add_product, add_verify):
         add_group(sub)
     return parser
 

@@ -67,6 +67,7 @@ def _recorded_config(path: Path, executor: str) -> Any:
         land_only=bool(sig["land_only"]), variant=sig["variant"], betas=tuple(sig["betas"]),
         satclip=Path(attrs["range_dist:satclip"]), db=Path(attrs["range_dist:database"]), out=path,
         dtype=sig["dtype"], tile_size=int(sig["tile_size"]), chunk_size=int(sig["chunk_size"]),
+        layout=sig.get("layout", "beta"), quantize=sig.get("quantize", "none"),
         harmonics=sig["harmonics"], mode=sig["retrieval_mode"], tolerance=sig.get("tolerance"),
         precision=sig["precision"], executor=executor)  # type: ignore[arg-type]  # argparse choices: local, ray
 

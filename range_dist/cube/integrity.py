@@ -1,9 +1,10 @@
 """Per-tile integrity of a cube: what the completion record promises, checked against what is stored.
 
-Every tile written records, before its status, the CRC-32 of its embedding block as written (cube
-dtype, C order) and its count of embedded cells. Two checks:
+Every tile written records, before its status, the CRC-32 of its blocks as written (stored dtype,
+C order, chained over the arrays of the cube's layout and encoding: ``embedding``, or the heads,
+and the int8 scales) and its count of embedded cells. Two checks:
 
-* cheap (every resume): each tile marked computed has its shard object, non-empty;
+* cheap (every resume): each tile marked computed has the shard object of every array, non-empty;
 * full (``range-dist verify``, ``embed-grid --verify``): each done tile is read back and its
   checksum and cell count compared (a truncated or damaged shard also fails its read: zarr checks
   the shard index's CRC-32C).
@@ -19,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from range_dist.cube.store import TILE_COMPUTED, TILE_MISSING, TILE_SKIPPED, block_checksum, read_tile_status
+from range_dist.cube.store import (
+    TILE_COMPUTED,
+    TILE_MISSING,
+    TILE_SKIPPED,
+    read_encoding,
+    read_tile_status,
+    stored_checksum,
+    tile_region,
+)
+from range_dist.grid.spec import TileKey
 
 
 @dataclass(frozen=True)
@@ -33,9 +43,12 @@ class TileCheck:
     detail: str = ""
 
 
-def shard_path(store: Path, row: int, col: int) -> Path:
-    """The local file of a tile's shard (Zarr v3 default chunk keys: ``c/`` and ``/`` separators)."""
-    return Path(store) / "embedding" / "c" / "0" / str(row) / str(col) / "0"
+def shard_path(store: Path, row: int, col: int, variable: str = "embedding",
+               dims: tuple[str, ...] = ("beta", "lat", "lon", "feature")) -> Path:
+    """The local file of a tile's shard of one array (Zarr v3 default chunk keys: ``c/`` and ``/``
+    separators; the lat/lon shard indices are the tile's row and column, every other axis is one shard)."""
+    index = [str(row) if d == "lat" else str(col) if d == "lon" else "0" for d in dims]
+    return Path(store).joinpath(variable, "c", *index)
 
 
 def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
@@ -45,30 +58,39 @@ def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
     store = Path(store)
     status = read_tile_status(store)
     group: Any = zarr.open_group(str(store), mode="r")
+    encoding = read_encoding(store, group)
+    variables = encoding.variables()
     recorded = "tile_checksum" in group
     checksums = np.asarray(group["tile_checksum"][...]) if recorded else None
     cells = np.asarray(group["tile_cells"][...]) if recorded else None
-    emb = group["embedding"]
-    tile = int(emb.shards[1]) if emb.shards is not None else int(emb.chunks[1])
+    first = group[variables[0].name]
+    lat_axis = variables[0].dims.index("lat")
+    # per axis: a grid smaller than a tile on one axis has shards of its own size on that axis only
+    tile_h, tile_w = (int(n) for n in (first.shards or first.chunks)[lat_axis:lat_axis + 2])
+    n_lat, n_lon = int(first.shape[lat_axis]), int(first.shape[lat_axis + 1])
     checks = []
     for row, col in zip(*np.nonzero(status != TILE_MISSING)):
         row, col, st = int(row), int(col), int(status[row, col])
         if st == TILE_SKIPPED:
             checks.append(TileCheck(row, col, st, "ok", "skipped (no land)"))
             continue
-        shard = shard_path(store, row, col)
-        if not shard.is_file() or shard.stat().st_size == 0:
-            checks.append(TileCheck(row, col, st, "missing_data", f"no shard object {shard.relative_to(store)}"))
+        shards = [shard_path(store, row, col, v.name, v.dims) for v in variables]
+        gone = [s for s in shards if not s.is_file() or s.stat().st_size == 0]
+        if gone:
+            checks.append(TileCheck(row, col, st, "missing_data",
+                                    "no shard object " + ", ".join(str(s.relative_to(store)) for s in gone)))
             continue
         if not full:
             checks.append(TileCheck(row, col, st, "ok"))
             continue
+        key = TileKey(row, col, row * tile_h, min((row + 1) * tile_h, n_lat), col * tile_w,
+                      min((col + 1) * tile_w, n_lon))
         try:
-            block = np.asarray(emb[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile, :])
+            stored = {v.name: np.asarray(group[v.name][tile_region(v.dims, key)]) for v in variables}
         except (OSError, ValueError, RuntimeError) as exc:  # zarr/numcodecs decode errors, shard index CRC
             checks.append(TileCheck(row, col, st, "unreadable", f"{type(exc).__name__}: {exc}"))
             continue
-        crc, n = block_checksum(block)
+        crc, n = stored_checksum(encoding, stored)
         if checksums is None or cells is None:
             checks.append(TileCheck(row, col, st, "ok", "readable (no checksum recorded: an older cube)"))
         elif int(cells[row, col]) != n:

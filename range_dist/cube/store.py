@@ -2,17 +2,23 @@
 
 Layout of ``STORE.zarr`` (Zarr v3):
 
-* ``embedding`` (beta, lat, lon, feature), float16/float32, NaN = not embedded (ocean in
-  land-only mode). One shard per tile: the shard is the unit of concurrent writing, so two
-  workers never touch the same shard. Inner chunks (1, c, c, feature) keep analysis reads small.
-* coordinates ``beta``, ``lat`` (descending), ``lon`` (ascending), ``feature``, with CF attributes,
-  and a scalar ``spatial_ref`` (EPSG:4326) that rioxarray reads back with ``decode_coords="all"``.
+* the embedding arrays of the cube's layout and encoding (:mod:`range_dist.cube.encoding`): by
+  default ``embedding`` (beta, lat, lon, feature), float16/float32, NaN = not embedded (ocean in
+  land-only mode); with ``layout=heads`` ``H_geo`` / ``H_sem`` / ``q_hat`` (lat, lon, ·); with
+  ``quantize=int8`` int8 codes plus ``*_scale`` float32 arrays. One shard per tile in every array:
+  the shard is the unit of concurrent writing, so two workers never touch the same shard. Inner
+  chunks (1, c, c, ·) keep analysis reads small.
+* coordinates ``beta`` (beta layout), ``lat`` (descending), ``lon`` (ascending), ``feature``, with CF
+  attributes, and a scalar ``spatial_ref`` (EPSG:4326) that rioxarray reads back with
+  ``decode_coords="all"``.
 * ``tile_status`` (tile_row, tile_col) uint8: the completion record, one chunk per tile, written
   after the tile's data: 0 missing, 1 computed, 2 skipped (no land). Chunks equal to the fill
   value are never written by Zarr, so "no data object" cannot mean "done"; this record can.
-* attributes: GeoZarr ``proj:`` / ``spatial:``, ``geoemb:``, and ``range_dist:`` provenance with the
-  run signature (grid, models, database, β, τ, dtype, tiling): a rerun with the same signature
-  resumes, a different one is refused unless overwriting.
+* attributes: the Zarr conventions ``proj`` and ``spatial`` (registered in ``zarr_conventions``, built
+  and validated with zarr-cm: :func:`geozarr_attrs`), ``geoemb:``, the encoding record
+  (``range_dist:cube_encoding``, ``emb:quantization``), and ``range_dist:`` provenance with the run
+  signature (grid, models, database, β, τ, dtype, layout, quantisation, tiling): a rerun with the
+  same signature resumes, a different one is refused unless overwriting.
 """
 
 from __future__ import annotations
@@ -27,12 +33,47 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.cube.encoding import ENCODING_KEY, CubeEncoding, Variable
 from range_dist.errors import StoreMismatchError, StoreWriteError
 from range_dist.grid.spec import GridSpec, TileKey, tile_counts
 from range_dist.util.jsonable import to_jsonable
 
 TILE_MISSING, TILE_COMPUTED, TILE_SKIPPED = 0, 1, 2
 SIGNATURE_KEY = "range_dist:signature"
+#: Signature entries added after cubes were first written: an older cube's signature lacks them and
+#: is compared as if it held these values (so it still resumes).
+SIGNATURE_DEFAULTS = {"layout": "beta", "quantize": "none"}
+KEY_DIM = 256
+
+
+def affine_transform(grid: GridSpec) -> list[float]:
+    """The cell-edge affine ``[a, b, c, d, e, f]`` of the spatial convention (pixel registration).
+
+    ``x = a·col + b·row + c``, ``y = d·col + e·row + f`` with (col, row) = (0, 0) the north-west
+    corner of cell (0, 0): ``[res, 0, west, 0, -res, north]`` (rasterio's ``Affine`` order, not
+    GDAL's geotransform order).
+    """
+    res = float(grid.resolution)
+    west, north = float(grid.lon[0] - res / 2), float(grid.lat[0] + res / 2)
+    return [res, 0.0, west, 0.0, -res, north]
+
+
+def geozarr_attrs(grid: GridSpec) -> dict[str, Any]:
+    """The ``spatial`` and ``proj`` convention attributes of a cube on ``grid``, with their
+    ``zarr_conventions`` registration, built and validated by zarr-cm (the conventions' library)."""
+    import zarr_cm
+    from zarr_cm import proj, spatial
+
+    res = float(grid.resolution)
+    west, north = float(grid.lon[0] - res / 2), float(grid.lat[0] + res / 2)
+    east, south = float(grid.lon[-1] + res / 2), float(grid.lat[-1] - res / 2)
+    data = {
+        "spatial": spatial.create(dimensions=["lat", "lon"], bbox=[west, south, east, north],
+                                  transform_type="affine", transform=affine_transform(grid),
+                                  shape=[int(n) for n in grid.shape], registration="pixel"),
+        "proj": proj.create(code="EPSG:4326"),
+    }
+    return dict(zarr_cm.create_many(data))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -46,6 +87,9 @@ class CubeLayout:
         dtype: ``float16`` or ``float32``.
         tile_size: cells per shard side.
         chunk_size: cells per inner chunk side.
+        layout: ``beta`` (one embedding per β level) or ``heads`` (H_geo, H_sem, q̂ once per cell).
+        quantize: ``none`` or ``int8`` (codes + float32 scale per cell and part).
+        heads: retrieval heads stored in the heads layout (RANGE: ``("sem",)``).
     """
 
     grid: GridSpec
@@ -54,47 +98,86 @@ class CubeLayout:
     dtype: str
     tile_size: int
     chunk_size: int
+    layout: str = "beta"
+    quantize: str = "none"
+    heads: tuple[str, ...] = ("geo", "sem")
+
+    @property
+    def encoding(self) -> CubeEncoding:
+        return CubeEncoding(self.layout, self.dtype, self.quantize, self.feature_dim - KEY_DIM, KEY_DIM, self.betas,
+                            self.heads)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
+        """(β levels, lat, lon, feature) of the decoded embedding (the stored β levels in beta layout)."""
         n_lat, n_lon = self.grid.shape
         return len(self.betas), n_lat, n_lon, self.feature_dim
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes before compression (values and scales)."""
+        n_lat, n_lon = self.grid.shape
+        return n_lat * n_lon * self.encoding.bytes_per_cell()
 
     @property
     def tiles_shape(self) -> tuple[int, int]:
         return tile_counts(self.grid.shape, self.tile_size)
 
 
-def _template(layout: CubeLayout, attrs: dict[str, Any]) -> Any:
+def _var_shape(layout: CubeLayout, var: Variable) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(shape, shard, inner chunk) of a stored variable: one shard per tile, whole trailing axes."""
+    n_lat, n_lon = layout.grid.shape
+    t, c = layout.tile_size, layout.chunk_size
+    lead = (len(layout.betas),) if var.dims[0] == "beta" else ()
+    shape = (*lead, n_lat, n_lon, *var.trailing)
+    shard = (*lead, min(t, n_lat), min(t, n_lon), *var.trailing)
+    # A shard must be a whole number of inner chunks: a grid smaller than a tile gets one chunk per β.
+    side = (c, c) if (t <= n_lat and t <= n_lon) else (shard[len(lead)], shard[len(lead) + 1])
+    chunk = (*(1,) * len(lead), *side, *var.trailing)
+    return shape, shard, chunk
+
+
+def _template(layout: CubeLayout, attrs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The cube as a lazy xarray Dataset (metadata only is written) and its Zarr encodings."""
     import dask.array as da
     import rioxarray  # noqa: F401 - registers the .rio accessor
     import xarray as xr
+    from zarr.codecs import BloscCodec
 
     grid = layout.grid
-    b, n_lat, n_lon, f = layout.shape
-    t = layout.tile_size
-    data = da.full(layout.shape, np.nan, dtype=layout.dtype, chunks=(b, min(t, n_lat), min(t, n_lon), f))
-    ds = xr.Dataset(
-        {"embedding": (("beta", "lat", "lon", "feature"), data)},
-        coords={
-            "beta": ("beta", np.asarray(layout.betas, dtype=np.float64)),
-            "lat": ("lat", grid.lat),
-            "lon": ("lon", grid.lon),
-            "feature": ("feature", np.arange(f, dtype=np.int32)),
-        },
-    )
+    enc = layout.encoding
+    coords: dict[str, Any] = {"lat": ("lat", grid.lat), "lon": ("lon", grid.lon)}
+    if enc.layout == "beta":
+        coords["beta"] = ("beta", np.asarray(layout.betas, dtype=np.float64))
+        coords["feature"] = ("feature", np.arange(layout.feature_dim, dtype=np.int32))
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, Any] = {}
+    for var in enc.variables():
+        shape, shard, chunk = _var_shape(layout, var)
+        data = da.full(shape, var.fill, dtype=var.dtype, chunks=shard)
+        data_vars[var.name] = (var.dims, data, var.attrs)
+        encoding[var.name] = {
+            "chunks": chunk,
+            "shards": shard,
+            "grid_mapping": "spatial_ref",  # keep rioxarray's CRS link (encoding replaces attrs)
+            # Embeddings barely compress (~1.1×); bit-shuffled LZ4 gets that at ~1.4× zstd's speed.
+            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),),
+            # int8 codes: no CF fill value, or a reader would mask the code 0 (the scale says "not embedded")
+            "_FillValue": var.fill if var.dtype != "int8" else None,
+        }
+    ds = xr.Dataset(data_vars, coords=coords)
     ds["lat"].attrs.update(standard_name="latitude", long_name="latitude of cell centre", units="degrees_north",
                            axis="Y")
     ds["lon"].attrs.update(standard_name="longitude", long_name="longitude of cell centre", units="degrees_east",
                            axis="X")
-    ds["beta"].attrs.update(long_name="RANGE+ beta: weight of the semantic head (0 = spatial, 1 = semantic)",
-                            units="1")
-    ds["feature"].attrs.update(long_name="embedding feature index",
-                               description=attrs.get("geoemb:feature_layout", ""))
-    ds["embedding"].attrs.update(long_name="RANGE geo-embedding", units="1")
+    if "beta" in ds.coords:
+        ds["beta"].attrs.update(long_name="RANGE+ beta: weight of the semantic head (0 = spatial, 1 = semantic)",
+                                units="1")
+        ds["feature"].attrs.update(long_name="embedding feature index",
+                                   description=attrs.get("geoemb:feature_layout", ""))
     ds = ds.rio.write_crs("EPSG:4326").rio.set_spatial_dims(x_dim="lon", y_dim="lat")
     ds.attrs.update(attrs)
-    return ds
+    return ds, encoding
 
 
 def _signature_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -129,6 +212,8 @@ def inspect_cube(path: Path, signature: dict[str, Any], overwrite: bool = False)
     if not path.is_dir():
         raise StoreMismatchError(f"{path} exists and is a file, not a Zarr store; choose another --out")
     existing = _read_signature(path)
+    if existing is not None:  # an older cube: the entries added since, at the values it was made with
+        existing = {**SIGNATURE_DEFAULTS, **existing}
     if existing is None:
         raise StoreMismatchError(
             f"{path} exists but is not a range-dist cube (no {SIGNATURE_KEY!r} attribute); it is never deleted "
@@ -162,7 +247,6 @@ def open_or_create_cube(
         StoreMismatchError: as :func:`inspect_cube`.
     """
     import zarr
-    from zarr.codecs import BloscCodec
 
     state = inspect_cube(path, signature, overwrite)
     if state.action == "resume":
@@ -170,23 +254,7 @@ def open_or_create_cube(
     if state.action == "replace":
         shutil.rmtree(path)
     signature = to_jsonable(signature)
-    ds = _template(layout, {**to_jsonable(attrs), SIGNATURE_KEY: signature})
-    b, _, _, f = layout.shape
-    c, t = layout.chunk_size, layout.tile_size
-    n_lat, n_lon = layout.grid.shape
-    shard = (b, min(t, n_lat), min(t, n_lon), f)
-    # A shard must be a whole number of inner chunks: a grid smaller than a tile gets one chunk per β.
-    chunk = (1, c, c, f) if (t <= n_lat and t <= n_lon) else (1, shard[1], shard[2], f)
-    encoding = {
-        "embedding": {
-            "chunks": chunk,
-            "shards": shard,
-            "grid_mapping": "spatial_ref",  # keep rioxarray's CRS link (encoding replaces attrs)
-            # Embeddings barely compress (~1.1×); bit-shuffled LZ4 gets that at ~1.4× zstd's speed.
-            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),),
-            "_FillValue": np.nan,
-        }
-    }
+    ds, encoding = _template(layout, {**to_jsonable(attrs), **layout.encoding.to_attrs(), SIGNATURE_KEY: signature})
     ds.to_zarr(path, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
     group = zarr.open_group(str(path), mode="r+")
     rows, cols = layout.tiles_shape
@@ -194,8 +262,9 @@ def open_or_create_cube(
         # per-tile integrity, written before the tile's status (range_dist.cube.integrity checks them)
         group.create_array("tile_checksum", shape=(rows, cols), chunks=(1, 1), dtype="uint32", fill_value=0,
                            dimension_names=("tile_row", "tile_col"),
-                           attributes={"long_name": "CRC-32 (zlib) of the tile's embedding block as written "
-                                                    "(cube dtype, C order, NaN cells included)"})
+                           attributes={"long_name": "CRC-32 (zlib) of the tile's blocks as written, chained over "
+                                                    "the embedding arrays in the order of range_dist:cube_encoding "
+                                                    "variables (stored dtype, C order, NaN cells included)"})
         group.create_array("tile_cells", shape=(rows, cols), chunks=(1, 1), dtype="int32", fill_value=-1,
                            dimension_names=("tile_row", "tile_col"),
                            attributes={"long_name": "embedded (non-NaN) cells of the tile; -1 = not recorded"})
@@ -233,21 +302,57 @@ def read_tile_status(path: Path) -> npt.NDArray[np.uint8]:
     return np.asarray(zarr.open_array(str(path / "tile_status"), mode="r")[...], dtype=np.uint8)
 
 
-def block_checksum(block: npt.NDArray[np.floating]) -> tuple[int, int]:
-    """(CRC-32 of the block's bytes, embedded cells) of a (beta, h, w, feature) block as stored.
+def read_encoding(path: Path, group: Any = None) -> CubeEncoding:
+    """The encoding a cube records (a cube made before the record: a float beta-layout cube)."""
+    import zarr
 
-    zlib's CRC-32 runs at several GB/s here; a tile of 256² cells × 3 β × 1280 float16 (0.5 GB) costs
-    about 0.1 s, next to minutes of computing it on a CPU.
+    group = zarr.open_group(str(path), mode="r") if group is None else group
+    attrs = dict(group.attrs)
+    if ENCODING_KEY in attrs:
+        return CubeEncoding.from_attrs(attrs)
+    emb = group["embedding"]
+    return CubeEncoding.from_attrs(attrs, str(emb.dtype), int(emb.shape[-1]),
+                                   tuple(np.asarray(group["beta"][...], dtype=float)) if "beta" in group else ())
+
+
+def tile_region(dims: tuple[str, ...], tile: TileKey) -> tuple[slice, ...]:
+    """The index of a tile in an array with dimensions ``dims`` (lat/lon sliced, the rest whole)."""
+    return tuple(slice(tile.y0, tile.y1) if d == "lat" else slice(tile.x0, tile.x1) if d == "lon" else slice(None)
+                 for d in dims)
+
+
+def stored_checksum(encoding: CubeEncoding, stored: dict[str, npt.NDArray[Any]]) -> tuple[int, int]:
+    """(CRC-32 of a tile's stored blocks chained in variable order, embedded cells).
+
+    For a float beta-layout cube this is the CRC-32 of the ``embedding`` block alone, as before
+    the other layouts existed. zlib's CRC-32 runs at several GB/s here; a tile of 256² cells × 3 β
+    × 1280 float16 (0.5 GB) costs about 0.1 s, next to minutes of computing it on a CPU.
     """
+    crc = 0
+    for var in encoding.variables():
+        crc = zlib.crc32(np.ascontiguousarray(stored[var.name]).data, crc)
+    return crc, encoding.embedded_cells(stored)
+
+
+def block_checksum(block: npt.NDArray[np.floating]) -> tuple[int, int]:
+    """(CRC-32 of the block's bytes, embedded cells) of a float (beta, h, w, feature) block as stored."""
     data = np.ascontiguousarray(block)
     cells = int((~np.isnan(data[0, :, :, 0])).sum()) if data.size else 0
     return zlib.crc32(data.data), cells
 
 
 def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None, status: int) -> int:
-    """Write one tile's (beta, h, w, feature) block as a whole shard, then mark it in the record.
+    """Write one tile as whole shards of the cube's arrays, then mark it in the record.
 
-    Idempotent: writing a tile again replaces the same shard with the same bytes. The tile's checksum
+    Args:
+        path: the cube.
+        tile: the tile.
+        block: (len(compute β), h, w, D+256) as computed (the stored β levels, or (0, 1) for the
+            heads layout: :attr:`CubeEncoding.compute_betas`); None for a skipped tile. It is
+            encoded here in the cube's layout and encoding (read from the store's record).
+        status: the completion status to record.
+
+    Idempotent: writing a tile again replaces the same shards with the same bytes. The tile's checksum
     and cell count, then its status, are written only after the data, so a crash in between leaves
     the tile "missing" and it is redone.
 
@@ -260,11 +365,14 @@ def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None
     try:
         checksum, cells = 0, 0
         if block is not None:
-            arr = zarr.open_array(str(path / "embedding"), mode="r+")
-            stored = np.ascontiguousarray(block, dtype=arr.dtype)
-            arr[:, tile.y0 : tile.y1, tile.x0 : tile.x1, :] = stored
-            written = int(block.size * arr.dtype.itemsize)
-            checksum, cells = block_checksum(stored)
+            group = zarr.open_group(str(path), mode="r+")
+            encoding = read_encoding(path, group)
+            stored = encoding.encode_block(np.asarray(block))
+            for var in encoding.variables():
+                arr: Any = group[var.name]
+                arr[tile_region(var.dims, tile)] = stored[var.name]
+                written += int(stored[var.name].nbytes)
+            checksum, cells = stored_checksum(encoding, stored)
         if (path / "tile_checksum").exists():  # cubes made before the integrity record have none
             zarr.open_array(str(path / "tile_checksum"), mode="r+")[tile.row, tile.col] = checksum
             zarr.open_array(str(path / "tile_cells"), mode="r+")[tile.row, tile.col] = cells

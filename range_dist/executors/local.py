@@ -24,16 +24,17 @@ class LocalExecutor:
         """Embed and write ``tiles``; with db_shards > 1 the shards are merged as on Ray."""
         cfg = plan.config
         grid = plan.layout.grid
+        # the β levels and dtype a tile is computed at: the heads layout computes β = 0 and 1 (the heads)
+        betas, dtype = plan.compute_betas, plan.compute_dtype
         if cfg.db_shards == 1:
             encoder = plan.payload.build("cpu")
             for tile in tiles:
-                on_result(embed_and_write_tile(encoder, grid, tile, cfg.betas, cfg.land_only, cfg.out, cfg.dtype))
+                on_result(embed_and_write_tile(encoder, grid, tile, betas, cfg.land_only, cfg.out, dtype))
             return 1, 0.0
         shards = [plan.payload.build("cpu", b) for b in plan.payload.database.shard_bounds(cfg.db_shards)]
         for tile in tiles:
-            parts = [tile_partials(enc, grid, tile, cfg.betas, cfg.land_only) for enc in shards]
-            on_result(merge_and_write_tile(parts, grid, tile, cfg.betas, cfg.variant, cfg.land_only, cfg.out,
-                                           cfg.dtype))
+            parts = [tile_partials(enc, grid, tile, betas, cfg.land_only) for enc in shards]
+            on_result(merge_and_write_tile(parts, grid, tile, betas, cfg.variant, cfg.land_only, cfg.out, dtype))
         return 1, 0.0
 
     def encode_batches(self, plan: BuildPlan) -> Iterator[EncodedBatch]:

@@ -7,8 +7,9 @@ Grid tiles:
 Each replica of the database is one actor (``db_shards`` = 1) or a group of ``db_shards`` actors
 that each hold a contiguous slice of the rows; their partial softmax statistics for a tile are
 merged exactly by a small task that also writes the tile. The payload (location weights and
-database) is put in the object store once and every actor builds its encoder from it once,
-moving its rows to its device (a GPU when it was given one).
+database) is put in the object store once, owned by a holder actor (so that a restarted actor can
+fetch it again), and every actor builds its encoder from it once, moving its rows to its device (a
+GPU when it was given one).
 
 Dispatch keeps at most ``max_in_flight`` tiles queued per replica. Actors restart when their
 process dies (``max_restarts``) and Ray retries the interrupted call (``max_task_retries``); tile
@@ -24,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,7 @@ from range_dist.jobs.grid.steps import (
     merge_and_write_tile,
     tile_partials,
 )
+from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.util import fault_injection
 
 MAX_TILE_ATTEMPTS = 3
@@ -123,19 +126,43 @@ def stop_local_ray() -> None:
             watchdog.stdin.close()
 
 
+@ray.remote(num_cpus=0)
+class PayloadHolder:
+    """Owns the run's payload (location weights + database) in the object store, for the whole run.
+
+    A TileWorker gets only this holder's name and fetches the payload itself, on start and again on
+    every restart. Passing the payload (or its reference) as a constructor argument instead makes
+    Ray warn "constructor arguments in the object store and max_restarts > 0" on every run, and
+    rightly: the driver owns that object, and once the driver's reference is gone a restarted actor
+    cannot fetch it (ray-project/ray#53727). An object ``ray.put`` here is owned by this actor,
+    which lives until the run ends (it is killed with the workers, or dies with the driver).
+    """
+
+    def __init__(self, box: list[Any]) -> None:
+        # ``box`` hides the driver's reference from Ray's argument resolution; the copy put here is
+        # this actor's own, so the driver can drop its reference as soon as this actor is ready
+        self._box = [ray.put(ray.get(box[0]))]
+
+    def payload(self) -> list[Any]:
+        """The payload's reference, in a list so that Ray hands it over unresolved."""
+        return self._box
+
+
 @ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_RESTARTS)
 class TileWorker:
     """Thin Ray wrapper: holds a RangeEncoder over (a shard of) the database; calls the plain functions."""
 
-    def __init__(self, payload: EncoderPayload, shard: tuple[int, int] | None, device: str, threads: int) -> None:
+    def __init__(self, holder: str, shard: tuple[int, int] | None, device: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.encoder = payload.build(device, shard)
-        self.tiles_done = 0
+        box: list[Any] = ray.get(ray.get_actor(holder).payload.remote())
+        payload: EncoderPayload = ray.get(box[0])
+        self.encoder: RangeEncoder = payload.build(device, shard)
+        self.tiles_done: int = 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own accessor
-            self.reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+            self.reconstructed: bool = ray.get_runtime_context().was_current_actor_reconstructed
 
     def ready(self) -> int:
         return os.getpid()
@@ -194,7 +221,7 @@ def _resources(plan: GridPlan) -> tuple[int, float, float, str]:
 class _Replica:
     """One database replica: one actor, or ``db_shards`` actors holding a slice of the rows each."""
 
-    def __init__(self, plan: GridPlan, payload_ref: Any, gpus: float, cpus: float, device: str) -> None:
+    def __init__(self, plan: GridPlan, holder: str, gpus: float, cpus: float, device: str) -> None:
         cfg = plan.config
         bounds = plan.payload.database.shard_bounds(cfg.db_shards) if cfg.db_shards > 1 else [None]
         self.actors = [
@@ -202,7 +229,7 @@ class _Replica:
             # overlaps the next tile's compute.
             TileWorker.options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2,  # type: ignore[attr-defined]
                                runtime_env=fault_injection.runtime_env()).remote(
-                payload_ref, b, device, max(1, int(cpus)))
+                holder, b, device, max(1, int(cpus)))
             for b in bounds
         ]
         self.in_flight = 0
@@ -210,11 +237,13 @@ class _Replica:
     def submit(self, plan: GridPlan, tile: TileKey) -> Any:
         cfg = plan.config
         grid, store = plan.layout.grid, str(cfg.out)
+        # the β levels and dtype a tile is computed at (heads layout: β = 0 and 1, the two heads)
+        betas, dtype = plan.compute_betas, plan.compute_dtype
         self.in_flight += 1
         if len(self.actors) == 1:
-            return self.actors[0].embed_tile.remote(grid, tile, cfg.betas, cfg.land_only, store, cfg.dtype)
-        parts = [a.partials.remote(grid, tile, cfg.betas, cfg.land_only) for a in self.actors]
-        return _merge_and_write.remote(grid, tile, cfg.betas, cfg.variant, cfg.land_only, store, cfg.dtype, *parts)
+            return self.actors[0].embed_tile.remote(grid, tile, betas, cfg.land_only, store, dtype)
+        parts = [a.partials.remote(grid, tile, betas, cfg.land_only) for a in self.actors]
+        return _merge_and_write.remote(grid, tile, betas, cfg.variant, cfg.land_only, store, dtype, *parts)
 
     def kill(self) -> None:
         for actor in self.actors:
@@ -235,8 +264,12 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
         replicas_n, gpus, cpus, device = _resources(plan)
         print(f"ray: {replicas_n} replica(s) × {cfg.db_shards} actor(s), {cpus} CPU(s) and {gpus:g} GPU(s) "
               f"per actor, device {device}", file=log)
-        payload_ref = ray.put(plan.payload)  # once, shared by every actor
-        replicas = [_Replica(plan, payload_ref, gpus, cpus, device) for _ in range(replicas_n)]
+        # once per run in the object store (Ray copies it once to each node that needs it), owned by a
+        # holder actor so that a restarted worker can always fetch it again (see PayloadHolder)
+        holder_name = f"range-dist-payload-{uuid.uuid4().hex[:12]}"
+        holder = PayloadHolder.options(name=holder_name).remote([ray.put(plan.payload)])  # type: ignore[attr-defined]
+        ray.get(holder.payload.remote())  # the holder has its copy: the driver's reference can go
+        replicas = [_Replica(plan, holder_name, gpus, cpus, device) for _ in range(replicas_n)]
         ray.get([actor.ready.remote() for replica in replicas for actor in replica.actors])
         startup = time.perf_counter() - start
         queue: deque[TileKey] = deque(tiles)
@@ -268,7 +301,7 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
                     raise RangeDistError(f"{tile} failed {attempts[tile]} times; last error: {exc}") from exc
                 print(f"ray: {tile} failed ({type(exc).__name__}); retrying on a fresh replica", file=log)
                 replicas[index].kill()
-                replicas[index] = _Replica(plan, payload_ref, gpus, cpus, device)
+                replicas[index] = _Replica(plan, holder_name, gpus, cpus, device)
                 queue.appendleft(tile)
                 fill(index)
                 continue
@@ -276,6 +309,7 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
             fill(index)
         for replica in replicas:
             replica.kill()
+        ray.kill(holder, no_restart=True)
         return replicas_n, startup
     finally:
         if started:

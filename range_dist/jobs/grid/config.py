@@ -41,7 +41,16 @@ class GridJobConfig:
     sample_assets: bool = option(False, help="without --satclip/--db, use UNTRAINED sample assets instead of the "
                                              "published ones (demos and tests only)")
     out: Path = option(Path("runs/range_grid.zarr"), help="output Zarr store (.zarr)")
-    dtype: Literal["float16", "float32"] = option("float16", help="cube values")
+    dtype: Literal["float16", "float32"] = option("float16", help="cube values (with --quantize int8: unused, the "
+                                                                  "values are quantised from float32)")
+    layout: Literal["beta", "heads"] = option(
+        "beta", help="beta: one [H_beta | q_hat] per β level (K·(D+256) values per cell); heads: H_geo, H_sem and "
+                     "q_hat once per cell (2·D+256; RANGE: D+256), any β in [0, 1] blended exactly on read")
+    quantize: Literal["none", "int8"] = option(
+        "none", help="int8: int8 codes plus one float32 scale (max|x|/127) per cell and part; decoded on read")
+    overviews: float | None = option(
+        None, help="after the cube, add its overview pyramid (2× means, `range-dist overviews`) down to this cell "
+                   "size in degrees, e.g. 2 (default: none)")
     tile_size: int = option(256, help="cells per tile side: one tile = one unit of work = one Zarr shard")
     chunk_size: int = option(32, help="cells per inner chunk side (divides tile_size; sets analysis read size)")
     num_actors: int | None = option(None, help="database replicas (default: one per GPU, else 1)")
@@ -75,6 +84,13 @@ class GridJobConfig:
         object.__setattr__(self, "tolerance", check_tolerance(self.mode, self.tolerance))
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"dtype={self.dtype!r}: use float16 or float32")
+        if self.layout not in ("beta", "heads"):
+            raise ConfigError(f"layout={self.layout!r}: use beta (one embedding per β level) or heads (the heads "
+                              "once per cell, any β on read)")
+        if self.overviews is not None and not self.overviews > 0:
+            raise ConfigError(f"overviews={self.overviews!r}: give the coarsest cell size in degrees, e.g. 2")
+        if self.quantize not in ("none", "int8"):
+            raise ConfigError(f"quantize={self.quantize!r}: use none or int8")
         if self.executor not in ("ray", "local"):
             raise ConfigError(f"executor={self.executor!r}: use ray or local")
         if self.tile_size < 1 or self.chunk_size < 1 or self.tile_size % self.chunk_size:

@@ -13,10 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from range_dist.cube.store import CubeLayout, ExistingCube, inspect_cube
+from range_dist.cube.store import CubeLayout, ExistingCube, geozarr_attrs, inspect_cube
 from range_dist.database.store import RetrievalDatabase
+from range_dist.encoders.checkpoints import DEMO_TRAINED_LABEL
 from range_dist.encoders.satclip import SatCLIPLocationEncoder
 from range_dist.errors import ConfigError
 from range_dist.grid.spec import TileKey, iter_tiles
@@ -76,7 +75,8 @@ class GridPlan:
         signature: the settings a resume must match.
         attrs: the cube's attributes (provenance, conventions).
         existing: what is at ``config.out`` now (create, resume or replace).
-        sample: made from untrained sample assets.
+        sample: made from sample or demo assets, not the published ones.
+        assets_label: what those assets are, shown on every output (None: the published assets).
     """
 
     config: GridJobConfig
@@ -87,6 +87,7 @@ class GridPlan:
     attrs: dict[str, Any]
     existing: ExistingCube
     sample: bool = False
+    assets_label: str | None = None
 
     @property
     def points(self) -> int:
@@ -94,12 +95,22 @@ class GridPlan:
 
     @property
     def nbytes(self) -> int:
-        b, n_lat, n_lon, f = self.layout.shape
-        return b * n_lat * n_lon * f * np.dtype(self.layout.dtype).itemsize
+        """Stored bytes before compression (values and int8 scales)."""
+        return self.layout.nbytes
+
+    @property
+    def compute_betas(self) -> tuple[float, ...]:
+        """The β levels each tile is computed at (the stored ones; (0, 1) = the two heads in heads layout)."""
+        return self.layout.encoding.compute_betas
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype each tile is computed in (float32 before int8 quantisation)."""
+        return self.layout.encoding.compute_dtype
 
     def describe(self) -> str:
         """The full plan, for ``--dry-run`` and the start of a run."""
-        b, n_lat, n_lon, f = self.layout.shape
+        n_lat, n_lon = self.layout.grid.shape
         cfg = self.config
         db = self.payload.database
         mib = (db.keys.nbytes + db.values.nbytes + db.locations.nbytes) / 2**20
@@ -109,16 +120,26 @@ class GridPlan:
         fast = f"fast, tolerance {cfg.tolerance:g} (planned on the grid's cells at the start of the run)" \
             if cfg.mode == "fast" else "exact"
         return "\n".join([
-            "embed-grid plan:" + ("  [UNTRAINED SAMPLE ASSETS]" if self.sample else ""),
+            "embed-grid plan:" + (f"  [{self.assets_label}]" if self.assets_label else ""),
             f"  read:     {self.attrs['range_dist:satclip']} (SatCLIP L={self.payload.location_config.legendre_polys}, "
             f"{self.attrs['range_dist:harmonics']} harmonics); {self.attrs['range_dist:database']} "
             f"({db.rows:,} rows × keys {db.key_dim} / values {db.value_dim}, {mib:,.1f} MiB)",
             f"  compute:  {cfg.resolution}° grid {n_lat}×{n_lon} = {self.points:,} cells"
             f"{' (land only)' if cfg.land_only else ''}, {len(self.tiles)} tiles of {cfg.tile_size}², "
             f"{cfg.variant} at β={list(cfg.betas)}, {fast}, {cfg.db_shards} shard(s), executor {cfg.executor}",
-            f"  write:    {cfg.out}: cube ({b}, {n_lat}, {n_lon}, {f}) {cfg.dtype} = up to "
-            f"{self.nbytes / 2**30:.2f} GiB; {action}",
+            f"  write:    {cfg.out}: {self._stored()} = up to {self.nbytes / 2**30:.2f} GiB; {action}"
+            + ("" if cfg.overviews is None else f"; then its overview pyramid down to {cfg.overviews:g}°"),
         ])
+
+    def _stored(self) -> str:
+        enc = self.layout.encoding
+        b, n_lat, n_lon, f = self.layout.shape
+        values = enc.value_dtype + (" + float32 scales" if enc.quantize == "int8" else "")
+        if enc.layout == "beta":
+            return f"cube ({b}, {n_lat}, {n_lon}, {f}) {values}"
+        heads = " + ".join(f"H_{h}" for h in enc.heads)
+        return (f"heads layout {heads} ({n_lat}, {n_lon}, {enc.value_dim}) + q_hat ({n_lat}, {n_lon}, "
+                f"{enc.key_dim}) {values}, computed at β={list(enc.compute_betas)}, any β in [0, 1] on read")
 
     def __repr__(self) -> str:
         return self.describe()
@@ -139,12 +160,18 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
         raise ConfigError(f"db_shards={config.db_shards} exceeds the database's {database.rows} rows")
     grid = config.grid
     feature_dim = database.value_dim + database.key_dim
-    layout = CubeLayout(grid, config.betas, feature_dim, config.dtype, config.tile_size, config.chunk_size)
+    # with int8 the values are quantised from float32: the dtype the encoding record names
+    dtype = "float32" if config.quantize == "int8" else config.dtype
+    heads = ("geo", "sem") if config.variant == "range+" else ("sem",)
+    layout = CubeLayout(grid, config.betas, feature_dim, dtype, config.tile_size, config.chunk_size,
+                        config.layout, config.quantize, heads)
     tau_sem, tau_geo = VARIANTS[config.variant]
     db_sha = database.fingerprint()
     db_info = database.describe()
     # a sample checkpoint with a real database (or the reverse) is flagged as well
     sample = inputs.sample or bool(db_info.get("sample", False)) or getattr(location, "sample_label", None) is not None
+    assets_label = _assets_label(str(getattr(location, "sample_label", None) or ""),
+                                 str(db_info.get("assets_label") or ""), sample)
     signature = {
         "grid": grid.describe(),
         "land_only": config.land_only,
@@ -157,6 +184,8 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
         "database_sha256": db_sha,
         "database_rows": database.rows,
         "dtype": config.dtype,
+        "layout": config.layout,
+        "quantize": config.quantize,
         "tile_size": config.tile_size,
         "chunk_size": config.chunk_size,
         "feature_dim": feature_dim,
@@ -164,11 +193,9 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
         "precision": config.precision,
         "tolerance": config.tolerance,
     }
-    west, south, east, north = (float(grid.lon[0] - grid.resolution / 2), float(grid.lat[-1] - grid.resolution / 2),
-                                float(grid.lon[-1] + grid.resolution / 2), float(grid.lat[0] + grid.resolution / 2))
     attrs = {
         "title": f"RANGE geo-embeddings ({config.variant}) on a {grid.resolution}° grid"
-                 + (" — UNTRAINED SAMPLE ASSETS" if sample else ""),
+                 + (f" — {assets_label}" if assets_label else ""),
         "Conventions": "CF-1.10",
         "range_dist:version": __version__,
         "range_dist:created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -179,6 +206,7 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
         "range_dist:database_rows": database.rows,
         "range_dist:database_origin": db_info.get("origin", "unknown"),
         "range_dist:sample_assets": sample,
+        **({"range_dist:assets_label": assets_label} if assets_label else {}),
         "range_dist:variant": config.variant,
         "range_dist:tau_sem": tau_sem,
         "range_dist:tau_geo": tau_geo,
@@ -189,18 +217,15 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
         "range_dist:retrieval_mode": config.mode,
         "range_dist:precision": f"{config.precision} matrix products on GPU actors, fp32 on CPU actors; "
                                 "float32 softmax statistics",
-        "proj:code": "EPSG:4326",
-        "spatial:dimensions": ["lat", "lon"],
-        "spatial:shape": list(grid.shape),
-        "spatial:transform": list(grid.transform),
-        "spatial:bbox": [west, south, east, north],
-        "spatial:registration": "pixel",
+        **geozarr_attrs(grid),  # zarr_conventions + spatial: + proj: (zarr-cm)
         "geoemb:type": "location_embedding",
         "geoemb:dimensions": feature_dim,
         "geoemb:model": f"RANGE {config.variant} (SatCLIP location encoder + soft retrieval)",
         "geoemb:source_data": str(db_info.get("origin", "unknown")),
-        "geoemb:data_type": config.dtype,
-        "geoemb:quantization": "none" if config.dtype == "float32" else "float16 cast",
+        "geoemb:data_type": layout.encoding.value_dtype,
+        "geoemb:quantization": {"int8": "int8 codes + float32 scale per cell and part (see emb:quantization)",
+                                "none": "none" if dtype == "float32" else "float16 cast"}[config.quantize],
+        "geoemb:layout": config.layout,
         "geoemb:feature_layout": FEATURE_LAYOUT,
     }
     payload = EncoderPayload.from_models(location, database, config.variant, config.memory_budget_mb,
@@ -208,4 +233,11 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
     check_output_location(config.out)
     existing = inspect_cube(Path(config.out), signature, overwrite=config.overwrite)
     return GridPlan(config, layout, tuple(iter_tiles(grid, config.tile_size)), payload, signature, attrs, existing,
-                    sample)
+                    sample, assets_label)
+
+
+def _assets_label(checkpoint_label: str, database_label: str, sample: bool) -> str | None:
+    """What a cube made from non-published assets is called everywhere (None: the published ones)."""
+    if checkpoint_label.startswith(DEMO_TRAINED_LABEL) and database_label.startswith(DEMO_TRAINED_LABEL):
+        return f"{DEMO_TRAINED_LABEL.upper()} (not the published model)"
+    return "UNTRAINED SAMPLE ASSETS (not the published model)" if sample else None
