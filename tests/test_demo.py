@@ -68,6 +68,7 @@ def test_demo_shows_the_method_working_and_resumes(tmp_path: Path, capsys: pytes
     for path in maps:
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size == (36 * 20, 18 * 20)
+            assert img.text["Label"].startswith(f"{DEMO_TRAINED_LABEL}, not the published model")  # type: ignore[attr-defined]
     meta = json.loads((out / "demo.json").read_text())
     assert meta["database_rows"] == 64
     assert meta["figures_values"]["key_cosine_median"] == pytest.approx(cosine, abs=1e-3)
