@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.analysis.maps import sample_cells
 from range_dist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,18 +69,6 @@ def fit_pca(samples: npt.NDArray[np.floating], components: int, seed: int = 0) -
     pca = PCA(n_components=components, random_state=seed).fit(x)
     return PCAProjection(np.asarray(pca.mean_, np.float64), np.asarray(pca.components_, np.float64),
                          np.asarray(pca.explained_variance_ratio_, np.float64), len(x))
-
-
-def sample_cells(field: xr.DataArray, max_cells: int, seed: int = 0) -> npt.NDArray[np.float64]:
-    """Up to ``max_cells`` valid cells of a (lat, lon, feature) field, read on a regular stride: (N, F) float64."""
-    n_lat, n_lon = field.sizes["lat"], field.sizes["lon"]
-    stride = max(1, int(np.ceil(np.sqrt(n_lat * n_lon / max(1, max_cells)))))
-    picked = field.isel(lat=slice(None, None, stride), lon=slice(None, None, stride)).transpose("lat", "lon", "feature")
-    values = np.asarray(picked.values, dtype=np.float64).reshape(-1, field.sizes["feature"])
-    values = values[np.isfinite(values).all(axis=1)]
-    if len(values) > max_cells:
-        values = values[np.random.default_rng(seed).choice(len(values), max_cells, replace=False)]
-    return values
 
 
 @dataclass(frozen=True)

@@ -126,12 +126,12 @@ def assets_note(attrs: Mapping[str, Any]) -> str | None:
     return "SAMPLE - untrained, not the published model"
 
 
-def _fit_sample(field: xr.DataArray, max_cells: int, seed: int) -> npt.NDArray[np.float64]:
-    """Up to ``max_cells`` valid cells of a (lat, lon, feature) field, read on a regular stride."""
+def sample_cells(field: xr.DataArray, max_cells: int, seed: int = 0) -> npt.NDArray[np.float64]:
+    """Up to ``max_cells`` valid cells of a (lat, lon, feature) field, read on a regular stride: (N, F) float64."""
     n_lat, n_lon = field.sizes["lat"], field.sizes["lon"]
     stride = max(1, int(np.ceil(np.sqrt(n_lat * n_lon / max(1, max_cells)))))
-    values = np.asarray(field.isel(lat=slice(None, None, stride), lon=slice(None, None, stride)).values,
-                        dtype=np.float64).reshape(-1, field.sizes["feature"])
+    picked = field.isel(lat=slice(None, None, stride), lon=slice(None, None, stride)).transpose("lat", "lon", "feature")
+    values = np.asarray(picked.values, dtype=np.float64).reshape(-1, field.sizes["feature"])
     values = values[np.isfinite(values).all(axis=1)]
     if len(values) > max_cells:
         values = values[np.random.default_rng(seed).choice(len(values), max_cells, replace=False)]
@@ -156,7 +156,7 @@ def project_field(
     """
     import dask.array as da
 
-    projection = fit_rgb_projection(_fit_sample(field, max_cells, seed), method, percentiles, seed)
+    projection = fit_rgb_projection(sample_cells(field, max_cells, seed), method, percentiles, seed)
     data = field.transpose("lat", "lon", "feature").data
     if isinstance(data, da.Array):
         data = data.rechunk({2: -1})
