@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.encoders.checkpoints import DEMO_TRAINED_LABEL
 from range_dist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -121,6 +120,8 @@ def assets_note(attrs: Mapping[str, Any]) -> str | None:
     """The label a picture of a cube made from non-published assets carries (None: published assets)."""
     if not attrs.get("range_dist:sample_assets", False):
         return None
+    from range_dist.encoders.checkpoints import DEMO_TRAINED_LABEL  # loads torch: only for sample cubes
+
     if str(attrs.get("range_dist:assets_label", "")).lower().startswith(DEMO_TRAINED_LABEL):
         return f"{DEMO_TRAINED_LABEL}, not the published model"
     return "SAMPLE - untrained, not the published model"
