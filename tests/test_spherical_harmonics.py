@@ -170,6 +170,21 @@ def test_shared_latitude_path_is_bit_identical_to_per_op_and_upstream(lat_step: 
     assert np.array_equal(_bits(ours), _bits(_upstream_eval(head, 40)))
 
 
+def test_shared_longitude_path_on_a_grid_tile_is_bit_identical_to_per_op() -> None:
+    """A grid job's chunk: rows of one tile (few latitudes, few longitudes), the antimeridian included.
+
+    The per-point factors (cos(m*phi), sin(m*phi)) are computed once per distinct longitude there.
+    """
+    program = _published_program(40)
+    assert program._lon_steps is not None  # upstream's per-point factors depend on longitude only
+    lat, lon = np.meshgrid(np.arange(89.95, 88.3, -0.1), np.arange(-180.0, -154.4, 0.1), indexing="ij")
+    pts = torch.from_numpy(np.stack([lon.ravel(), lat.ravel()], axis=1))  # 17 x 256 cells
+    phi, theta = angles_from_lonlat(pts)
+    old = program.program.evaluate_per_op(theta, phi)
+    for chunk, block in [(4096, None), (1024, 64)]:
+        assert np.array_equal(_bits(program.evaluate(theta, phi, chunk=chunk, block=block)), _bits(old)), chunk
+
+
 def _upstream_eval(lonlat: torch.Tensor, degrees: int) -> torch.Tensor:
     with gzip.open(TABLE_PATH, "rt") as fh:
         table = json.load(fh)["expressions"][: degrees * degrees]

@@ -20,6 +20,10 @@ Latitude sharing: the polynomials and the product prefixes up to the first longi
 factor (``c * (1 - x**2)**p * poly(x)``, x = cos(theta)) depend on theta only. Where a chunk's
 points share few latitudes (grid tiles), that work runs once per distinct theta (by bit pattern)
 and only the last factors (``cos(m*phi)``, ...) run per point; the values are the same bits.
+Those last factors depend on longitude only, so where a chunk also shares few longitudes they are
+computed once per distinct longitude too, and a point costs a few row gathers and multiplies: at
+L = 40 on a grid tile that is ~9x upstream's per-op speed on 2 cores (``benchmarks/harmonics.py
+--layout grid``), most of it writing the 12.8 KB of features per point.
 
 Why this is bit-identical: IEEE-754 ``+``, ``-`` and ``*`` are correctly rounded, so their result
 depends only on the operands, never on batching, vector width or device; the order of operations
@@ -291,6 +295,39 @@ class VectorisedProgram:
         # the theta-only leaves that per-point steps need, gathered per point from the latitudes
         needed = {int(c) for _, cols in self._point_steps for c in cols if int(c) in theta_cols} - {0}
         self._theta_cols_per_point = sorted(needed)
+        self._plan_longitude_sharing(theta_cols)
+
+    def _plan_longitude_sharing(self, theta_cols: set[int]) -> None:
+        """Split each per-point step into a latitude-table and a longitude-table factor.
+
+        Upstream's per-point factors (``cos(m*phi)``, ``sin(m*phi)``) depend on longitude only, so
+        on a grid they too are computed once per distinct longitude; a point's value is then its
+        latitude's product prefix times, step by step, factors gathered from a latitude table or a
+        longitude table (same operands, same order: the same bits). Sets ``self._lon_steps`` to
+        None where a per-point leaf depends on theta.
+        """
+        ops = self.program.ops
+        theta_slots = {j for j, op in enumerate(ops) if op == ("name", "theta")}
+        if any(set(_closure(ops, [slot])) & theta_slots for slot in self._point_leaves):
+            self._lon_steps: list[tuple[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], bool], ...]] | None
+            self._lon_steps = None
+            return
+        count = self._product_cols.shape[1]
+        self._lon_steps = []
+        for sub, cols in self._point_steps:
+            parts = []
+            for on_lat in (True, False):
+                mine = np.array([c != 0 and (int(c) in theta_cols) == on_lat for c in cols], dtype=bool)
+                if not mine.any():
+                    continue
+                if 4 * int(mine.sum()) > count:
+                    # most outputs take part: one full-width step, the others times column 0 (exact)
+                    full = np.zeros(count, dtype=np.int64)
+                    full[sub[mine]] = cols[mine]
+                    parts.append((np.arange(count), full, on_lat))
+                else:
+                    parts.append((sub[mine], cols[mine], on_lat))
+            self._lon_steps.append(tuple(parts))
 
     # -- analysis -----------------------------------------------------------------------------
 
@@ -426,6 +463,11 @@ class VectorisedProgram:
         buffers: dict[str, torch.Tensor] = {}
         for first in range(0, padded, block):
             self._block(leaves[:, first : first + block], prefix[first : first + block], tables, buffers)
+        if self._lon_steps is not None:
+            lon_keys, lon_inverse = torch.unique(phi.view(torch.int64), return_inverse=True)
+            if lon_keys.shape[0] * 4 <= theta.shape[0]:
+                self._shared_lon(lon_keys.view(torch.float64), inverse, lon_inverse, leaves, prefix, out, block)
+                return
         # per point: column 0 = 1.0, then the leaves the per-point steps read
         values = self.program.run_ops(theta, phi, self._point_leaf_ops, self._point_leaves)
         points = torch.empty((1 + len(self.leaves), theta.shape[0]), dtype=torch.float64, device=device)
@@ -446,6 +488,49 @@ class VectorisedProgram:
                     rows.mul_(factors)
                 else:
                     rows[:, sub] = rows[:, sub] * factors
+
+    def _shared_lon(
+        self,
+        distinct_phi: torch.Tensor,
+        lat_inverse: torch.Tensor,
+        lon_inverse: torch.Tensor,
+        lat_leaves: torch.Tensor,
+        prefix: torch.Tensor,
+        out: torch.Tensor,
+        block: int,
+    ) -> None:
+        """Per-point phase of a chunk that also shares longitudes (:meth:`_plan_longitude_sharing`).
+
+        The longitude leaves are computed on the distinct longitudes padded to a multiple of 64 (the
+        vector path, as for the latitudes); each step's factors become a contiguous (distinct,
+        outputs) table, so a point costs two row gathers and one multiply per step.
+        """
+        device = distinct_phi.device
+        padded = (distinct_phi.shape[0] + CHUNK_ALIGNMENT - 1) // CHUNK_ALIGNMENT * CHUNK_ALIGNMENT
+        lon = torch.cat([distinct_phi, distinct_phi[-1:].expand(padded - distinct_phi.shape[0])])
+        values = self.program.run_ops(lon, lon, self._point_leaf_ops, self._point_leaves)  # theta unused
+        lon_table = torch.zeros((1 + len(self.leaves), padded), dtype=torch.float64, device=device)
+        lon_table[0] = 1.0
+        for slot in self._point_leaves:
+            lon_table[self._leaf_col[slot]] = values[slot]
+        lat_table = torch.cat([torch.ones_like(lat_leaves[:1]), lat_leaves])  # column c at row c
+        full = len(self.program.outputs)
+        steps: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+        for parts in self._lon_steps or ():
+            for sub_np, cols_np, on_lat in parts:
+                table = lat_table if on_lat else lon_table
+                factors = table.index_select(0, torch.from_numpy(cols_np).to(device)).t().contiguous()
+                steps.append((torch.from_numpy(sub_np).to(device), factors, on_lat))
+        for first in range(0, out.shape[0], block):
+            last = min(first + block, out.shape[0])
+            rows = out[first:last]
+            torch.index_select(prefix, 0, lat_inverse[first:last], out=rows)
+            for sub, factors, on_lat in steps:
+                gathered = factors.index_select(0, (lat_inverse if on_lat else lon_inverse)[first:last])
+                if sub.shape[0] == full:
+                    rows.mul_(gathered)
+                else:
+                    rows[:, sub] = rows[:, sub] * gathered
 
     def _point_steps_on(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         key = (device, "point-steps")
