@@ -6,7 +6,6 @@ network path, used by ``range-dist fetch-assets``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEn
 from range_dist.errors import AssetError
 from range_dist.geo.coords import lonlat_to_xyz
 from range_dist.geo.sphere import sample_land
+from range_dist.util.cache import cache_dir
 
 SATCLIP_REPO = "microsoft/SatCLIP-ViT16-L40"
 SATCLIP_FILE = "satclip-vit16-l40.ckpt"
@@ -34,7 +34,7 @@ SAMPLE_LABEL = "UNTRAINED SAMPLE: random weights / synthetic rows for demos and 
 
 def default_cache_dir() -> Path:
     """Where fetched assets go: $RANGE_DIST_CACHE, else ~/.cache/range_dist."""
-    return Path(os.environ.get("RANGE_DIST_CACHE", Path.home() / ".cache" / "range_dist"))
+    return cache_dir()
 
 
 @dataclass(frozen=True)
