@@ -170,6 +170,11 @@ def test_a_failing_cell_check_refines_the_lattice(location_encoder: SatCLIPLocat
     exact = RangeEncoder(location_encoder, db).encode(points, BETAS)
     assert fast.fast is not None and fast.fast.stats.refinements >= 1
     assert float(relative_errors(torch.from_numpy(got), torch.from_numpy(exact)).max()) <= TOLERANCE
+    # the next call (a neighbouring tile) starts at the spacing that passed: no lattice is tried twice
+    refinements = fast.fast.stats.refinements
+    again = fast.encode(points, BETAS)
+    assert fast.fast.stats.refinements == refinements
+    assert float(relative_errors(torch.from_numpy(again), torch.from_numpy(exact)).max()) <= TOLERANCE
 
 
 def test_fast_mode_interpolates_dense_calls_and_computes_sparse_ones(location_encoder: SatCLIPLocationEncoder,

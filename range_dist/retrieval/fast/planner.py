@@ -8,7 +8,8 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
    coefficients of the weighted averages). The smallest rank within a quarter of the tolerance.
    The basis is fitted on at most :data:`BASIS_FIT_ROWS` rows: its errors are measured, not assumed.
 2. Per head, the coarsest lattice spacing whose interpolation error is within a quarter of the
-   tolerance, measured where a lattice cell errs most (its centre and edge midpoints, as the
+   tolerance with a margin (:data:`PROBE_MARGIN`) for the cells the probes did not see, measured
+   where a lattice cell errs most (its centre and edge midpoints, as the
    per-call check of :class:`~range_dist.retrieval.fast.retriever.FastRetriever` does) in
    :data:`PROBES` small patches of cells around the run's points: a few hundred exact evaluations
    per spacing instead of a stencil of 36 nodes per sample point (spacings predicted from
@@ -72,6 +73,12 @@ BASIS_FIT_ROWS = 8192
 #: Patches of lattice cells where the interpolation error of a spacing is measured, and their side (cells).
 PROBES = 32
 PROBE_CELLS = 1
+#: How much larger than the probes' largest error the per-call check may find: it takes the largest
+#: error over every lattice cell of a tile (thousands), the probes over :data:`PROBES` cells. On the
+#: L = 40 benchmark (``benchmarks/grid_job.py``, 0.1°, 100k rows) the tile's worst cell erred 3-8x more
+#: than the probes' at the same spacing, so a spacing chosen without margin failed its first per-call
+#: check and the whole tile was evaluated again on a finer lattice.
+PROBE_MARGIN = 4.0
 #: Times the final check may make every lattice one ladder step finer before the plan is refused.
 FINAL_REFINEMENTS = 2
 #: Points of the warm-up call of SatCLIP before its cost is timed.
@@ -316,11 +323,11 @@ def plan_fast(
                 # an orthonormal PCA basis keeps norms: the coefficient error is the value error
                 diff = retriever.interpolated(head, step, probes, settings) - reference
                 error = float((weight * diff.double().norm(dim=-1).max() / min_norms).max())
-                if error <= target:
+                if error * PROBE_MARGIN <= target:
                     spacing[head] = step
                     component_errors[f"interpolation_{head}"] = error
                     break
-                step = next_spacing(ladder, step, error, target)
+                step = next_spacing(ladder, step, error * PROBE_MARGIN, target)
 
         if basis is None and not spacing:
             raise ToleranceError(

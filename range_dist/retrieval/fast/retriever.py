@@ -9,6 +9,8 @@ less than the points themselves (dense grids, tiles); sparse calls compute it di
 interpolated head is then checked in the call: evaluated exactly at the centre and edge midpoints
 of each lattice cell holding points, its error relative to the call's smallest embedding norm must
 stay within the component share, or the call moves to a finer lattice, down to computing directly.
+A spacing that a call had to refine to is where the retriever's later calls (neighbouring tiles)
+start, so a run pays for a too-coarse lattice once, not once per tile.
 """
 
 from __future__ import annotations
@@ -139,6 +141,8 @@ class FastRetriever:
         # (head, spacing) -> (sorted node keys, (U, C) values, call number that last used each node)
         self._nodes: dict[tuple[str, float], tuple[npt.NDArray[np.int64], torch.Tensor, npt.NDArray[np.int64]]] = {}
         self._calls = 0
+        # head -> finer spacing a per-call check moved to: later calls (neighbouring tiles) start there
+        self._refined: dict[str, float] = {}
         db = context.db
         if plan.basis is None:
             self.db = db
@@ -293,7 +297,7 @@ class FastRetriever:
                 without checks (the planner's measurement of the plan itself).
         """
         variant = self.context.variant
-        spacing = {h: s for h, s in self.plan.spacing.items()
+        spacing = {h: min(s, self._refined.get(h, s)) for h, s in self.plan.spacing.items()
                    if h in settings.heads and head_weights(variant, betas, h).max() > 0}
         averages: dict[str, torch.Tensor] = {}
         checks: dict[str, Checkpoints] = {}
@@ -323,9 +327,15 @@ class FastRetriever:
                 if error <= budget:
                     self.stats.interpolated_heads += 1
                     self.stats.max_checked_error = max(self.stats.max_checked_error, error)
+                    if h < self.plan.spacing[head]:
+                        # neighbouring cells are alike: the next calls start at the spacing that passed here
+                        self._refined[head] = min(h, self._refined.get(head, h))
                     break
                 self.stats.refinements += 1
-                lattice = self._checked_lattice(head, finer.pop(0), lonlat, settings) if finer else None
+                lattice = None
+                if finer:
+                    h = finer.pop(0)
+                    lattice = self._checked_lattice(head, h, lonlat, settings)
                 if lattice is None:
                     (averages[head],) = self._retrieve((head,), q_hat, xyz, settings)
                     direct += (head,)
