@@ -19,7 +19,8 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
    error exceeds the tolerance, or when no approximation fits at all.
 4. With a :class:`~range_dist.retrieval.fast.plan.Workload` (the grid job passes one), a cost model
    from the per-point costs measured while planning: before planning, the run must be large enough
-   to pay for it (:data:`PLAN_BUDGET_SHARE`); after, the fast mode's predicted time for the run's
+   to pay for it (:data:`PLAN_BUDGET_SHARE`, with the exact retrieval timed on :data:`GATE_POINTS`
+   points and the probes priced at one head each); after, the fast mode's predicted time for the run's
    calls must be below the exact mode's. Otherwise the plan says ``fallback`` (and why) and the
    run computes exactly: the fast mode never makes a run slower than exact, by its estimate.
 
@@ -81,6 +82,8 @@ PROBE_CELLS = 1
 PROBE_MARGIN = 4.0
 #: Times the final check may make every lattice one ladder step finer before the plan is refused.
 FINAL_REFINEMENTS = 2
+#: Points of the exact retrieval timed before planning, to decide whether planning can pay.
+GATE_POINTS = 64
 #: Points of the warm-up call of SatCLIP before its cost is timed.
 COST_PROBE_POINTS = 16
 #: Points of the larger calls timed for the per-point costs of SatCLIP and of the interpolation.
@@ -142,6 +145,21 @@ def _exact(context: RetrievalContext, lonlat: npt.NDArray[np.float64], settings:
     return q_hat, xyz, averages
 
 
+def _exact_seconds_per_point(context: RetrievalContext, selection: npt.NDArray[np.float64],
+                             settings: RetrievalSettings, features: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Seconds per point of the exact retrieval, timed on :data:`GATE_POINTS` of the sample (after a warm-up).
+
+    Timed rather than derived from FLOPs and the matmul rate: the softmax, the chunking and a shared
+    machine put the real rate at 50-90 % of the matmul rate, and an estimate 2-4x too low made runs
+    that planning would have paid for fall back to exact (``benchmarks/grid_job.py``, 0.25°, 100k rows).
+    """
+    q_hat, xyz = features
+    n = min(GATE_POINTS, len(selection))
+    retrieve_averages(context.db, settings.heads, q_hat[:8], xyz[:8], settings)  # first-call allocations
+    _, seconds = _timed(retrieve_averages, context.db, settings.heads, q_hat[:n], xyz[:n], settings)
+    return seconds / max(n, 1)
+
+
 def _feature_costs(context: RetrievalContext, lonlat: npt.NDArray[np.float64], costs: _Costs,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of ``lonlat``, and SatCLIP's cost model: fixed per call plus per point, fitted on a
@@ -165,26 +183,6 @@ def _interpolation_cost(lonlat: npt.NDArray[np.float64], spacing: float, width: 
     stencils = lattice_stencils(points, spacing)
     interpolate(torch.zeros((len(stencils.nodes), width), dtype=dtype, device=device), stencils)
     return (time.perf_counter() - start) / len(points)
-
-
-def exact_flops(context: RetrievalContext, settings: RetrievalSettings) -> float:
-    """FLOPs of the exact retrieval per query: scores (2K semantic, 6 spatial) and values 2(D + 1) per head."""
-    db = context.db
-    per_row = sum((2 * db.keys.shape[1] if h == "sem" else 6) + 2 * (db.value_dim + 1) for h in settings.heads)
-    return float(per_row * db.rows)
-
-
-def matmul_rate(context: RetrievalContext, reps: int = 3) -> float:
-    """FLOP/s of one values-product-shaped matrix product on the rows' device (best of ``reps``)."""
-    db = context.db
-    weights = torch.rand((256, min(4096, db.rows)), dtype=db.dtype, device=db.device)
-    values = db.values_aug[: weights.shape[1]]
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(weights, values)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * weights.shape[0] * weights.shape[1] * values.shape[1] / max(best, 1e-9)
 
 
 def choose_rank(
@@ -279,12 +277,14 @@ def plan_fast(
     with torch.no_grad():
         selection_features = _feature_costs(context, selection, costs)
         if workload is not None:  # can this run pay for planning at all? (retrieval cost from its FLOPs)
-            costs.exact = exact_flops(context, settings) / matmul_rate(context)
+            costs.exact = _exact_seconds_per_point(context, selection, settings, selection_features)
             exact_total = estimate_exact(costs_dict(costs), workload)
-            # two samples exactly; ~3 spacings tried per head, each PROBES patches of nodes + probe points
-            # at one head's cost (about 1/H of both)
-            evaluations = 2 * len(selection) + 3 * PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
-            planning = evaluations * (costs.features + costs.exact) + 12 * costs.features_call
+            # two samples with every head; ~3 spacings tried per head, each PROBES patches of nodes +
+            # probe points with that head alone (about 1/H of the exact cost)
+            both = 2 * len(selection)
+            one_head = 3 * PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
+            planning = (both * (costs.features + costs.exact)
+                        + one_head * (costs.features + costs.exact / len(settings.heads)) + 12 * costs.features_call)
             if planning > PLAN_BUDGET_SHARE * exact_total:
                 return fallback(
                     f"the run is too small for the fast mode to pay: exact ≈ {exact_total:.1f} s for "
