@@ -92,6 +92,17 @@ def test_a_large_dense_run_is_planned_with_its_estimate(location_encoder: SatCLI
     assert {"features", "features_call", "exact", "interpolation", "head:sem", "head:geo"} <= set(plan.costs)
 
 
+def test_only_spacings_that_could_pay_for_the_calls_are_probed() -> None:
+    from range_dist.retrieval.fast.plan import SPACING_LADDER
+    from range_dist.retrieval.fast.planner import paying_spacings
+
+    dense = _tile(10.0, 0.0, 0.1, 128)  # a 0.1° tile: lattices down to a fraction of a degree pay
+    coarse = _tile(0.0, 40.0, 1.0, 8)  # 64 cells of 1°: no lattice of the ladder pays
+    sem = paying_spacings(dense, SPACING_LADDER["sem"])
+    assert sem == SPACING_LADDER["sem"][: len(sem)] and 0.25 <= sem[-1] <= 1.0
+    assert paying_spacings(coarse, SPACING_LADDER["sem"]) == () and paying_spacings(coarse, SPACING_LADDER["geo"]) == ()
+
+
 # ---------------------------------------------------------------- the grid job
 def test_grid_job_falls_back_saves_the_decision_and_a_resume_reuses_it(
         tmp_path: Path, sample_assets: tuple[Path, Path]) -> None:
@@ -104,7 +115,8 @@ def test_grid_job_falls_back_saves_the_decision_and_a_resume_reuses_it(
     log = io.StringIO()
     report = embed_grid(fast_cfg, log=log)
     printed = log.getvalue()
-    assert "fast mode -> exact: the run is too small for the fast mode to pay" in printed
+    # 64 cells per 8° tile: even a 15° lattice needs as many exact evaluations as the tile's cells
+    assert "fast mode -> exact: no lattice can pay at this grid's density" in printed
     assert "fast mode fell back to exact:" in printed  # in the run report too
     assert report.fast_plan is not None and report.fast_plan["mode"] == "exact"
     cube = xr.open_zarr(fast_cfg.out)

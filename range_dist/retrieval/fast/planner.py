@@ -57,6 +57,7 @@ from range_dist.retrieval.fast.plan import (
 )
 from range_dist.retrieval.fast.retriever import (
     COMPONENT_SHARE,
+    LATTICE_COST_RATIO,
     PROBE_FRACTIONS,
     VALIDATION_POINTS,
     FastRetriever,
@@ -158,6 +159,24 @@ def _exact_seconds_per_point(context: RetrievalContext, selection: npt.NDArray[n
     retrieve_averages(context.db, settings.heads, q_hat[:8], xyz[:8], settings)  # first-call allocations
     _, seconds = _timed(retrieve_averages, context.db, settings.heads, q_hat[:n], xyz[:n], settings)
     return seconds / max(n, 1)
+
+
+def paying_spacings(call: npt.NDArray[np.float64], ladder: Sequence[float]) -> tuple[float, ...]:
+    """The spacings of ``ladder`` whose lattice could pay for a call of these points.
+
+    A call interpolates a head only when its lattice nodes and check points number fewer than
+    :data:`LATTICE_COST_RATIO` per point (each costs about what a point computed directly does), so a
+    spacing too fine for the run's calls (e.g. a 0.5° lattice for a 1° grid) is never worth probing.
+    The ladder is coarsest first, so this is a prefix of it.
+    """
+    paying = []
+    for spacing in ladder:
+        checks = check_points(call, spacing)
+        nodes = len(lattice_stencils(np.concatenate([call, checks]), spacing).nodes)
+        if nodes + len(checks) >= LATTICE_COST_RATIO * len(call):
+            break
+        paying.append(spacing)
+    return tuple(paying)
 
 
 def _feature_costs(context: RetrievalContext, lonlat: npt.NDArray[np.float64], costs: _Costs,
@@ -274,15 +293,23 @@ def plan_fast(
         return FastPlan(tolerance, None, fallback=reason, planning_seconds=time.perf_counter() - started,
                         estimate=estimate)
 
+    # the spacings worth probing per head: all of the ladder, or those that could pay for the run's calls
+    ladders = {h: SPACING_LADDER[h] if workload is None else paying_spacings(workload.call, SPACING_LADDER[h])
+               for h in settings.heads}
+    if workload is not None and not any(ladders.values()):
+        return fallback(f"no lattice can pay at this grid's density: even the coarsest lattice spacings "
+                        f"({', '.join(f'{h} {SPACING_LADDER[h][0]:g}°' for h in settings.heads)}) need as many "
+                        f"exact evaluations as a call of {len(workload.call):,} points", {})
     with torch.no_grad():
         selection_features = _feature_costs(context, selection, costs)
-        if workload is not None:  # can this run pay for planning at all? (retrieval cost from its FLOPs)
+        if workload is not None:  # can this run pay for planning at all?
             costs.exact = _exact_seconds_per_point(context, selection, settings, selection_features)
             exact_total = estimate_exact(costs_dict(costs), workload)
             # two samples with every head; ~3 spacings tried per head, each PROBES patches of nodes +
             # probe points with that head alone (about 1/H of the exact cost)
             both = 2 * len(selection)
-            one_head = 3 * PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
+            tries = sum(min(3, len(ladder)) for ladder in ladders.values())
+            one_head = tries * PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
             planning = (both * (costs.features + costs.exact)
                         + one_head * (costs.features + costs.exact / len(settings.heads)) + 12 * costs.features_call)
             if planning > PLAN_BUDGET_SHARE * exact_total:
@@ -314,8 +341,8 @@ def plan_fast(
             weight = torch.as_tensor(weights[h_index], dtype=torch.float64, device=norms.device)
             if float(weight.max()) == 0.0:
                 continue
-            ladder = SPACING_LADDER[head]
-            step: float | None = ladder[0]
+            ladder = ladders[head]
+            step: float | None = ladder[0] if ladder else None
             while step is not None:
                 probes = probe_points(selection[:PROBES], step)
                 q_p, xyz_p = context.features(probes)
@@ -329,6 +356,11 @@ def plan_fast(
                     break
                 step = next_spacing(ladder, step, error * PROBE_MARGIN, target)
 
+        if basis is None and not spacing and workload is not None and any(
+                len(ladders[h]) < len(SPACING_LADDER[h]) for h in settings.heads):
+            tried = ", ".join(f"{h} down to {ladders[h][-1]:g}°" for h in settings.heads if ladders[h])
+            return fallback("no approximation fits the tolerance at a spacing that could pay for this grid's "
+                            f"calls (tried {tried})", {})
         if basis is None and not spacing:
             raise ToleranceError(
                 f"fast mode cannot meet tolerance {tolerance:g} on this run's points: neither a PCA basis of at "
