@@ -340,7 +340,17 @@ def test_rayjob_entrypoint_and_lifecycle() -> None:
     assert len(grid) == 1, f"the entrypoint should run embed-grid once: {spec['entrypoint']!r}"
     assert _option(grid[0], "--ray-address") == "auto", "the job must join its cluster (--ray-address auto)"
     out = _option(grid[0], "--out")
-    assert out and out.startswith("/data/") and out.endswith(".zarr"), f"--out {out!r}: use the shared /data volume"
+    assert out and out.endswith(".zarr") and out.startswith(("s3://", "/data/")), \
+        f"--out {out!r}: a bucket URL, or the shared /data volume"
+    if out.startswith("s3://"):  # every Ray pod writes: each gets the credentials from a secret, none inline
+        cluster = spec["rayClusterSpec"]
+        containers = [c for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"])
+                      for c in group["template"]["spec"]["containers"]]
+        for container in containers:
+            refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+            assert refs, f"{container['name']}: object-store credentials should come from a secret (envFrom)"
+            assert not any(e.get("name", "").startswith("AWS_SECRET") for e in container.get("env", [])), \
+                f"{container['name']}: no secret inline"
 
 
 def test_rayjob_entrypoint_is_one_command_for_the_submitter_shell() -> None:
@@ -469,8 +479,9 @@ def test_embed_grid_command_builds_a_job_config(where: str, argv: list[str], mon
         job = from_sources(GridJobConfig, yaml_path=args.config, flags=args)
     except RangeDistError as exc:
         pytest.fail(f"{where}: `python -m range_dist {shlex.join(argv)}`: {exc}")
-    if where.startswith("deploy/kuberay/"):
-        assert str(job.out).startswith("/data/"), f"{where}: the cube should go to the shared volume, not {job.out}"
+    if where.startswith("deploy/"):
+        assert str(job.out).startswith(("s3://", "/data/")), \
+            f"{where}: the cube should go to a bucket or the shared volume, not {job.out}"
 
 
 @pytest.mark.parametrize(("config", "where"), CONFIG_REFS, ids=[c for c, _ in CONFIG_REFS])

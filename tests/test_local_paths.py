@@ -1,4 +1,8 @@
-"""URLs are refused, never silently turned into local folders (object storage is not supported yet)."""
+"""URLs are refused where an input must stay local, never silently turned into local folders.
+
+Object storage (s3://, gs://, az://) is supported for the cube (embed-grid --out, map / sample /
+similar): tests/test_object_store.py. Every other scheme is refused there too (tested here).
+"""
 
 from __future__ import annotations
 
@@ -35,21 +39,29 @@ def test_file_urls_and_plain_paths_are_local(tmp_path: Path) -> None:
 
 
 def test_config_and_output_checks_refuse_urls(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"flag --out: 's3://bucket/c.zarr': object storage is not supported"):
-        from_sources(GridJobConfig, flags={"out": "s3://bucket/c.zarr"})
-    with pytest.raises(ConfigError, match="gs://"):
-        check_output_location("gs://bucket/db.zarr", "--out")
+    # s3:// is a supported cube location now (tests/test_object_store.py); other schemes are refused
+    assert from_sources(GridJobConfig, flags={"out": "s3://bucket/c.zarr"}).out == "s3://bucket/c.zarr"
+    with pytest.raises(ConfigError, match=r"flag --out: out 'https://host/c.zarr': https:// is not a supported "
+                                          "store location"):
+        from_sources(GridJobConfig, flags={"out": "https://host/c.zarr"})
+    with pytest.raises(ConfigError, match="ftp://"):
+        check_output_location("ftp://host/db.zarr", "--out")
 
 
-@pytest.mark.parametrize("argv", [
-    ["embed-grid", "--sample-assets", "--out", "s3://bucket/cube.zarr", "--dry-run"],
-    ["import-db", "x.npz", "--out", "gs://bucket/db.zarr"],
-    ["map", "s3://bucket/cube.zarr", "--out", "m.png"],
+LOCAL_ONLY = "is not supported; range-dist reads and writes local paths"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["embed-grid", "--sample-assets", "--out", "https://host/cube.zarr", "--dry-run"],
+     "https:// is not a supported store location"),
+    (["import-db", "x.npz", "--out", "gs://bucket/db.zarr"], LOCAL_ONLY),
+    (["map", "ftp://host/cube.zarr", "--out", "m.png"], "ftp:// is not a supported store location"),
+    (["map", "runs/cube.zarr", "--out", "s3://bucket/m.png"], LOCAL_ONLY),  # the PNG is local
 ])
-def test_cli_refuses_urls_and_writes_nothing(tmp_path: Path, argv: list[str]) -> None:
+def test_cli_refuses_urls_and_writes_nothing(tmp_path: Path, argv: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "range_dist", *argv], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "RAY_ADDRESS": ""}, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "is not supported; range-dist reads and writes local paths" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no folder named "s3:" or "gs:"

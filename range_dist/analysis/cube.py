@@ -7,6 +7,10 @@ heads blended at any β on open) and encoding (float32, float16, int8 dequantise
 :mod:`range_dist.cube.encoding`). Everything here is lazy (xarray + dask) until values are asked
 for, and point sampling reads only the cells it needs.
 
+A cube may be a local path or an object-store URL (``s3://``, ``gs://``, ``az://``;
+:mod:`range_dist.util.stores`), opened as ``xr.open_zarr(url, storage_options=...)`` with the
+environment's credentials (or ``storage_options=`` given to :func:`open_cube`).
+
 Sampling methods:
 
 * ``nearest``: the value of the cell whose centre is nearest in (lon, lat) degrees; across the
@@ -33,6 +37,7 @@ import numpy.typing as npt
 from range_dist.cube.encoding import ENCODING_KEY, CubeEncoding, check_betas_for, require_layout
 from range_dist.errors import ConfigError, CoordinateError
 from range_dist.geo.coords import validate_lonlat
+from range_dist.util.stores import StoreLocation, register_storage_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,13 +70,18 @@ def _analysis_side(arr: Any, values_per_cell: int, itemsize: int) -> tuple[int, 
     return sides[0], sides[1]
 
 
-def _analysis_chunks(path: Path, group: str | None, encoding: CubeEncoding) -> dict[str, int]:
+def _analysis_chunks(path: StoreLocation, group: str | None, encoding: CubeEncoding) -> dict[str, int]:
     """Chunks for analysis: one β, whole features, lat/lon a multiple of the inner chunk within a shard."""
     import zarr
 
     first = encoding.variables()[0]
     try:
-        arr = zarr.open_array(str(path if group is None else path / group), path=first.name, mode="r")
+        if path.is_local:
+            arr = zarr.open_array(str(path.local if group is None else path.local / group), path=first.name,
+                                  mode="r")
+        else:
+            arr = zarr.open_array(path.zarr_store(read_only=True), mode="r",
+                                  path=first.name if group is None else f"{group}/{first.name}")
         feature_dim = encoding.feature_dim
         # the decoded float32 (or float16) embedding per β level is what a chunk holds in memory
         itemsize = 2 if encoding.dtype == "float16" and encoding.quantize == "none" else 4
@@ -84,22 +94,30 @@ def _analysis_chunks(path: Path, group: str | None, encoding: CubeEncoding) -> d
     return {"beta": 1, "lat": lat_side, "lon": lon_side}
 
 
-def _open_zarr(path: Path, chunks: dict[str, int] | None, group: str | None = None) -> xr.Dataset:
+def _open_zarr(path: StoreLocation, chunks: dict[str, int] | None, group: str | None = None) -> xr.Dataset:
     import warnings
 
     import xarray as xr
 
-    with warnings.catch_warnings():
+    # an object store: the URL and storage options, exactly as a user would call xr.open_zarr
+    target: Any = path.local if path.is_local else path.url
+    options = None if path.is_local else path.storage_options()
+    with warnings.catch_warnings(), path.errors("opening the cube"):
         # a cube still being written is not consolidated yet; reading it unconsolidated is fine
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
         # mask_and_scale off: int8 codes have no fill value to mask, and float fills are NaN already
-        return xr.open_zarr(path, group=group, decode_coords="all", chunks=chunks,  # type: ignore[arg-type]
-                            mask_and_scale=False)
+        return xr.open_zarr(target, group=group, decode_coords="all", chunks=chunks,  # type: ignore[arg-type]
+                            mask_and_scale=False, storage_options=options)
 
 
-def overview_levels(path: str | Path) -> list[int]:
+def overview_levels(path: str | Path | StoreLocation) -> list[int]:
     """Overview levels stored under ``CUBE/overviews/<k>`` (k >= 1, 2^k coarser), ascending."""
-    root = Path(path) / "overviews"
+    loc = StoreLocation.parse(path)
+    if not loc.is_local:
+        keys = loc.child("overviews").object_sizes()
+        return sorted({int(key.split("/")[0]) for key in keys if key.split("/")[0].isdigit()
+                       and key.count("/") == 1 and key.endswith("/zarr.json")})
+    root = loc.local / "overviews"
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "zarr.json").is_file())
@@ -114,8 +132,9 @@ def _requested_betas(beta: float | Sequence[float] | None) -> list[float] | None
     return values
 
 
-def open_cube(path: str | Path, chunks: dict[str, int] | None = None, *,
-              beta: float | Sequence[float] | None = None, level: int | None = None) -> xr.Dataset:
+def open_cube(path: str | Path | StoreLocation, chunks: dict[str, int] | None = None, *,
+              beta: float | Sequence[float] | None = None, level: int | None = None,
+              storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     """Open an embedding cube lazily (xarray + dask), decoded, with chunks suited to analysis.
 
     Every layout and encoding (:mod:`range_dist.cube.encoding`) reads as the same
@@ -127,12 +146,15 @@ def open_cube(path: str | Path, chunks: dict[str, int] | None = None, *,
     float16 features).
 
     Args:
-        path: the cube (``.zarr`` directory written by ``embed-grid``).
+        path: the cube (``.zarr`` directory written by ``embed-grid``), or its ``s3://``, ``gs://`` or
+            ``az://`` URL.
         chunks: dask chunks per dimension, overriding the default (e.g. ``{"lat": 512}``).
         beta: None: every stored β (beta layout) or the β levels the run was asked for (heads
             layout); one β or a list: those levels (beta layout: they must be stored; heads
             layout: any value in [0, 1], an exact blend of the heads).
         level: overview level (``CUBE/overviews/<k>``, 2^k coarser); None or 0: the cube itself.
+        storage_options: fsspec options of an object-store cube (default: the environment's
+            credentials and ``AWS_ENDPOINT_URL``); used for that bucket in this process.
 
     Returns:
         The dataset, with ``embedding`` (beta, lat, lon, feature) float32 (float16 for a float16
@@ -141,9 +163,15 @@ def open_cube(path: str | Path, chunks: dict[str, int] | None = None, *,
 
     Raises:
         ConfigError: the path does not exist or holds no cube, a β outside [0, 1] or not stored,
-            or an overview level that does not exist (the available ones are named).
+            or an overview level that does not exist (the available ones are named), or a URL of an
+            unsupported scheme.
+        ObjectStoreError: the object store refused the credentials, has no such bucket, or cannot be
+            reached.
     """
-    path = Path(path)
+    path = StoreLocation.parse(path, "cube")
+    if storage_options:
+        register_storage_options(path, storage_options)
+    path.check_bucket()
     if not path.exists():
         raise ConfigError(f"cube {path} does not exist; pass the .zarr store written by `range-dist embed-grid`")
     group = None
@@ -213,7 +241,7 @@ def _decoded(ds: xr.Dataset, encoding: CubeEncoding, betas: list[float], chunks:
 
 def _as_dataset(cube: str | Path | xr.Dataset, betas: float | Sequence[float] | None = None) -> xr.Dataset:
     """An opened cube: a path is opened at ``betas`` (so a heads-layout cube blends exactly those)."""
-    return open_cube(cube, beta=betas) if isinstance(cube, (str, Path)) else cube
+    return open_cube(cube, beta=betas) if isinstance(cube, (str, Path, StoreLocation)) else cube
 
 
 def _beta_indices(ds: xr.Dataset, betas: float | Sequence[float] | None, tol: float = 1e-6) -> list[int]:

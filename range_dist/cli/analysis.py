@@ -144,7 +144,8 @@ def add_parsers(subparsers: Any) -> None:
     """Register ``map``, ``probe`` and ``sample`` on an argparse subparsers object (``handler=`` set)."""
     p = subparsers.add_parser("map", help="RGB map (ICA/PCA) of a cube as PNG (+ GeoTIFF/COG)",
                               description="Project a cube's embeddings to RGB and write a PNG per β.")
-    p.add_argument("cube", type=Path, help="embedding cube (.zarr) written by embed-grid")
+    p.add_argument("cube", type=Path, help="embedding cube (.zarr) written by embed-grid: a local path or an "
+                                           "s3://, gs://, az:// URL (see range_dist.cli.main.STORE_ARGUMENTS)")
     p.add_argument("--beta", default=None, help="β level(s), comma-separated (default: every β of the cube; "
                                                 "several β write OUT_beta<β>.png; a heads-layout cube: any β in "
                                                 "[0, 1])")
@@ -184,7 +185,8 @@ def add_parsers(subparsers: Any) -> None:
 
     p = subparsers.add_parser("sample", help="sample a cube's embeddings at the points of a file",
                               description="Embeddings of a cube at points (nearest cell or bilinear).")
-    p.add_argument("cube", type=Path, help="embedding cube (.zarr)")
+    p.add_argument("cube", type=Path, help="embedding cube (.zarr): a local path or an s3://, gs://, az:// URL "
+                                           "(see range_dist.cli.main.STORE_ARGUMENTS)")
     p.add_argument("--points", type=Path, required=True, help="CSV or Parquet with lon, lat columns (degrees)")
     p.add_argument("--out", type=Path, required=True, help=".npz, .parquet or .zarr (as embed-points)")
     p.add_argument("--betas", default=None, help="β level(s) (default: all of the cube; a heads-layout cube: any "

@@ -10,6 +10,7 @@ exit code 2 (no traceback). Nothing heavy (torch, ray) is imported before a hand
 from __future__ import annotations
 
 import argparse
+import inspect
 import signal
 import sys
 import threading
@@ -20,13 +21,27 @@ from typing import Any
 
 from range_dist.errors import ConfigError, Interrupted, RangeDistError
 from range_dist.util.paths import local_path
+from range_dist.util.stores import StoreLocation
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: (command, argument) pairs that accept an object-store URL (``s3://``, ``gs://``, ``az://``) as well as a
+#: local path: the cube a command reads. Every other ``type=Path`` argument is local only. (``embed-grid
+#: --out`` is a job setting: ``GridJobConfig.out`` parses it.)
+STORE_ARGUMENTS = frozenset({("map", "cube"), ("sample", "cube"), ("similar", "cube")})
 
 
 def _path_argument(value: str) -> Path:
     try:
         return local_path(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _store_argument(value: str) -> Path | str:
+    """A store argument: a local Path, or object-store URL text (``Path()`` would drop its ``//``)."""
+    try:
+        return StoreLocation.parse(value).as_arg()
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -60,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_group in (add_assets, add_database, add_embed, add_demo, add_analysis, add_product, add_verify):
         add_group(sub)
+    for command, subparser in sub.choices.items():
+        for action in subparser._actions:  # argparse keeps no public list of a parser's arguments
+            if (command, action.dest) in STORE_ARGUMENTS:
+                action.type = _store_argument
     return parser
+
+
+def _quiet_abandoned_coroutines(unraisable: Any) -> None:
+    """Drop the close-time errors of abandoned coroutines; report anything else as Python would."""
+    if inspect.iscoroutine(unraisable.object):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -90,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except RangeDistError as exc:
         print(f"range-dist {args.command}: error: {exc}", file=sys.stderr)
+        # An object store that failed mid-request leaves the failed run's other requests (zarr sends them
+        # concurrently) abandoned; closing them at exit raises again inside each coroutine, and Python
+        # would print those as "Exception ignored in <coroutine ...>" tracebacks after the message above.
+        sys.unraisablehook = _quiet_abandoned_coroutines
         return 2
     finally:
         if threading.current_thread() is threading.main_thread():

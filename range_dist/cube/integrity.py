@@ -10,6 +10,9 @@ and the int8 scales) and its count of embedded cells. Two checks:
   the shard index's CRC-32C).
 
 A tile that fails is reset to missing (:func:`reset_tiles`), so the next run recomputes exactly it.
+
+On an object store the cheap check lists the shard objects of each array once (one paginated
+listing per array, not one request per tile) and compares their sizes.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from range_dist.cube.store import (
     TILE_COMPUTED,
     TILE_MISSING,
     TILE_SKIPPED,
+    StoreLike,
+    open_cube_group,
     read_encoding,
     read_tile_status,
     stored_checksum,
     tile_region,
 )
 from range_dist.grid.spec import TileKey
+from range_dist.util.stores import StoreLocation
 
 
 @dataclass(frozen=True)
@@ -51,14 +57,18 @@ def shard_path(store: Path, row: int, col: int, variable: str = "embedding",
     return Path(store).joinpath(variable, "c", *index)
 
 
-def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
-    """Check every tile marked done; ``full`` reads each back (see the module notes)."""
-    import zarr
+def _shard_key(row: int, col: int, variable: str, dims: tuple[str, ...]) -> str:
+    """The key of a tile's shard of one array inside the store (as :func:`shard_path`)."""
+    index = [str(row) if d == "lat" else str(col) if d == "lon" else "0" for d in dims]
+    return "/".join([variable, "c", *index])
 
-    store = Path(store)
-    status = read_tile_status(store)
-    group: Any = zarr.open_group(str(store), mode="r")
-    encoding = read_encoding(store, group)
+
+def check_tiles(store: StoreLike, full: bool = False) -> list[TileCheck]:
+    """Check every tile marked done; ``full`` reads each back (see the module notes)."""
+    loc = StoreLocation.parse(store)
+    status = read_tile_status(loc)
+    group: Any = open_cube_group(loc)
+    encoding = read_encoding(loc, group)
     variables = encoding.variables()
     recorded = "tile_checksum" in group
     checksums = np.asarray(group["tile_checksum"][...]) if recorded else None
@@ -68,17 +78,23 @@ def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
     # per axis: a grid smaller than a tile on one axis has shards of its own size on that axis only
     tile_h, tile_w = (int(n) for n in (first.shards or first.chunks)[lat_axis:lat_axis + 2])
     n_lat, n_lon = int(first.shape[lat_axis]), int(first.shape[lat_axis + 1])
+    # object store: the sizes of every shard object, one listing per array (a local store stats files)
+    sizes = {} if loc.is_local else {f"{v.name}/{k}": n for v in variables for k, n in
+                                     loc.child(v.name).object_sizes().items()}
     checks = []
     for row, col in zip(*np.nonzero(status != TILE_MISSING)):
         row, col, st = int(row), int(col), int(status[row, col])
         if st == TILE_SKIPPED:
             checks.append(TileCheck(row, col, st, "ok", "skipped (no land)"))
             continue
-        shards = [shard_path(store, row, col, v.name, v.dims) for v in variables]
-        gone = [s for s in shards if not s.is_file() or s.stat().st_size == 0]
+        if loc.is_local:
+            shards = [shard_path(loc.local, row, col, v.name, v.dims) for v in variables]
+            gone = [str(s.relative_to(loc.local)) for s in shards if not s.is_file() or s.stat().st_size == 0]
+        else:
+            keys = [_shard_key(row, col, v.name, v.dims) for v in variables]
+            gone = [k for k in keys if not sizes.get(k)]
         if gone:
-            checks.append(TileCheck(row, col, st, "missing_data",
-                                    "no shard object " + ", ".join(str(s.relative_to(store)) for s in gone)))
+            checks.append(TileCheck(row, col, st, "missing_data", "no shard object " + ", ".join(gone)))
             continue
         if not full:
             checks.append(TileCheck(row, col, st, "ok"))
@@ -86,7 +102,8 @@ def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
         key = TileKey(row, col, row * tile_h, min((row + 1) * tile_h, n_lat), col * tile_w,
                       min((col + 1) * tile_w, n_lon))
         try:
-            stored = {v.name: np.asarray(group[v.name][tile_region(v.dims, key)]) for v in variables}
+            with loc.errors(f"reading tile (row {row}, col {col}) of"):
+                stored = {v.name: np.asarray(group[v.name][tile_region(v.dims, key)]) for v in variables}
         except (OSError, ValueError, RuntimeError) as exc:  # zarr/numcodecs decode errors, shard index CRC
             checks.append(TileCheck(row, col, st, "unreadable", f"{type(exc).__name__}: {exc}"))
             continue
@@ -103,13 +120,13 @@ def check_tiles(store: str | Path, full: bool = False) -> list[TileCheck]:
     return checks
 
 
-def reset_tiles(store: str | Path, tiles: list[tuple[int, int]]) -> None:
+def reset_tiles(store: StoreLike, tiles: list[tuple[int, int]]) -> None:
     """Mark ``tiles`` missing, so that the next run recomputes exactly them."""
-    import zarr
-
-    record = zarr.open_array(str(Path(store) / "tile_status"), mode="r+")
-    for row, col in tiles:
-        record[row, col] = TILE_MISSING
+    loc = StoreLocation.parse(store)
+    record = open_cube_group(loc, mode="r+")["tile_status"]
+    with loc.errors("resetting tiles of", writing=True):
+        for row, col in tiles:
+            record[row, col] = TILE_MISSING
 
 
 def summary_table(checks: list[TileCheck]) -> str:

@@ -19,11 +19,28 @@ Layout of ``STORE.zarr`` (Zarr v3):
   (``range_dist:cube_encoding``, ``emb:quantization``), and ``range_dist:`` provenance with the run
   signature (grid, models, database, β, τ, dtype, layout, quantisation, tiling): a rerun with the
   same signature resumes, a different one is refused unless overwriting.
+
+The store is a local folder or an object-store prefix (``s3://``, ``gs://``, ``az://``: every function
+here takes a path, URL text or a :class:`~range_dist.util.stores.StoreLocation`). Object stores have no
+rename, so nothing here relies on one; each write stays idempotent as follows:
+
+* a tile's data is one whole shard per array, written in one PUT: a rewrite (a retried tile, a
+  resume) replaces the same objects with the same bytes, and a reader sees the old object or the new
+  one, never half of one;
+* the tile's checksum and cell count, then its ``tile_status`` entry (one object per tile each), are
+  written after its data: a run cut short in between leaves the tile "missing", and it is redone;
+* the template (array metadata and attributes) is written once at creation; the run report and the
+  consolidated metadata only at the end (:func:`finalize_cube`).
+
+A reader mid-run (``xr.open_zarr(url)``) therefore sees a complete template, each finished tile's
+values, NaN (the fill value) where a tile is not written yet, and in ``tile_status`` which tiles are
+done; without consolidated metadata until the run ends (xarray falls back to reading each array's
+``zarr.json``). ``--overwrite`` removes the old store object by object with its root ``zarr.json``
+last, so a removal cut short is still recognised as a range-dist store and finished by the rerun.
 """
 
 from __future__ import annotations
 
-import shutil
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -37,6 +54,10 @@ from range_dist.cube.encoding import ENCODING_KEY, CubeEncoding, Variable
 from range_dist.errors import StoreMismatchError, StoreWriteError
 from range_dist.grid.spec import GridSpec, TileKey, tile_counts
 from range_dist.util.jsonable import to_jsonable
+from range_dist.util.stores import StoreLocation
+
+#: What a store argument may be: a local path, URL text (``s3://...``) or a parsed location.
+StoreLike = str | Path | StoreLocation
 
 TILE_MISSING, TILE_COMPUTED, TILE_SKIPPED = 0, 1, 2
 SIGNATURE_KEY = "range_dist:signature"
@@ -199,17 +220,23 @@ class ExistingCube:
     tiles_done: int = 0
 
 
-def inspect_cube(path: Path, signature: dict[str, Any], overwrite: bool = False) -> ExistingCube:
+def _zarr(loc: StoreLocation, read_only: bool) -> Any:
+    """What zarr opens ``loc`` with: the local path as text (as always), or the object store's ``FsspecStore``."""
+    return str(loc.local) if loc.is_local else loc.zarr_store(read_only=read_only)
+
+
+def inspect_cube(path: StoreLike, signature: dict[str, Any], overwrite: bool = False) -> ExistingCube:
     """Decide what a run will do with ``path``, reading only: create, resume or replace.
 
     Raises:
         StoreMismatchError: the path is a file, a folder that is not a range-dist cube (never
             deleted, even with ``overwrite``), or a cube with another signature without ``overwrite``.
+        ObjectStoreError: an object store refused or could not serve the reads.
     """
-    path = Path(path)
+    path = StoreLocation.parse(path)
     if not path.exists():
         return ExistingCube("create")
-    if not path.is_dir():
+    if path.is_object():
         raise StoreMismatchError(f"{path} exists and is a file, not a Zarr store; choose another --out")
     existing = _read_signature(path)
     if existing is not None:  # an older cube: the entries added since, at the values it was made with
@@ -229,7 +256,7 @@ def inspect_cube(path: Path, signature: dict[str, Any], overwrite: bool = False)
 
 
 def open_or_create_cube(
-    path: Path, layout: CubeLayout, signature: dict[str, Any], attrs: dict[str, Any], overwrite: bool = False
+    path: StoreLike, layout: CubeLayout, signature: dict[str, Any], attrs: dict[str, Any], overwrite: bool = False
 ) -> npt.NDArray[np.uint8]:
     """Create the cube's template, or reopen a compatible one to resume.
 
@@ -245,18 +272,25 @@ def open_or_create_cube(
 
     Raises:
         StoreMismatchError: as :func:`inspect_cube`.
+        ObjectStoreError: an object store refused or could not serve a request.
     """
     import zarr
 
+    path = StoreLocation.parse(path)
     state = inspect_cube(path, signature, overwrite)
     if state.action == "resume":
         return read_tile_status(path)
-    if state.action == "replace":
-        shutil.rmtree(path)
+    if state.action == "replace":  # validated above: a range-dist cube (never anything else)
+        path.remove_tree(last="zarr.json")
     signature = to_jsonable(signature)
     ds, encoding = _template(layout, {**to_jsonable(attrs), **layout.encoding.to_attrs(), SIGNATURE_KEY: signature})
-    ds.to_zarr(path, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
-    group = zarr.open_group(str(path), mode="r+")
+    with path.errors("creating the cube", writing=True), warnings.catch_warnings():
+        # an object store may list the "folders" of a just-removed store for a moment (SeaweedFS): zarr
+        # warns that they are no Zarr nodes, and mode="w" clears them anyway
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
+        ds.to_zarr(_zarr(path, read_only=False), compute=False, zarr_format=3, consolidated=False,
+                   encoding=encoding, mode="w")
+        group = zarr.open_group(_zarr(path, read_only=False), mode="r+")
     rows, cols = layout.tiles_shape
     try:
         # per-tile integrity, written before the tile's status (range_dist.cube.integrity checks them)
@@ -280,12 +314,13 @@ def open_or_create_cube(
     return read_tile_status(path)
 
 
-def _read_signature(path: Path) -> dict[str, Any] | None:
+def _read_signature(path: StoreLocation) -> dict[str, Any] | None:
     import zarr
     from zarr.errors import ContainsArrayError, GroupNotFoundError
 
     try:
-        group = zarr.open_group(str(path), mode="r")
+        with path.errors("reading"):
+            group = zarr.open_group(_zarr(path, read_only=True), mode="r")
     except (GroupNotFoundError, ContainsArrayError):  # no Zarr group there: not a cube
         return None
     except (OSError, ValueError, TypeError) as exc:  # unreadable, or a corrupt zarr.json (bad JSON, not an object)
@@ -295,18 +330,28 @@ def _read_signature(path: Path) -> dict[str, Any] | None:
     return dict(value) if isinstance(value, dict) else None
 
 
-def read_tile_status(path: Path) -> npt.NDArray[np.uint8]:
+def read_tile_status(path: StoreLike) -> npt.NDArray[np.uint8]:
     """The completion record, (tile_row, tile_col) uint8."""
     import zarr
 
-    return np.asarray(zarr.open_array(str(path / "tile_status"), mode="r")[...], dtype=np.uint8)
+    loc = StoreLocation.parse(path)
+    with loc.errors("reading the completion record of"):
+        return np.asarray(zarr.open_array(_zarr(loc, read_only=True), path="tile_status", mode="r")[...],
+                          dtype=np.uint8)
 
 
-def read_encoding(path: Path, group: Any = None) -> CubeEncoding:
-    """The encoding a cube records (a cube made before the record: a float beta-layout cube)."""
+def open_cube_group(path: StoreLike, mode: str = "r") -> Any:
+    """The cube's root Zarr group (``mode`` ``r`` or ``r+``), local or on an object store."""
     import zarr
 
-    group = zarr.open_group(str(path), mode="r") if group is None else group
+    loc = StoreLocation.parse(path)
+    with loc.errors("opening", writing=mode != "r"):
+        return zarr.open_group(_zarr(loc, read_only=mode == "r"), mode=mode)  # type: ignore[arg-type]
+
+
+def read_encoding(path: StoreLike, group: Any = None) -> CubeEncoding:
+    """The encoding a cube records (a cube made before the record: a float beta-layout cube)."""
+    group = open_cube_group(path) if group is None else group
     attrs = dict(group.attrs)
     if ENCODING_KEY in attrs:
         return CubeEncoding.from_attrs(attrs)
@@ -341,7 +386,7 @@ def block_checksum(block: npt.NDArray[np.floating]) -> tuple[int, int]:
     return zlib.crc32(data.data), cells
 
 
-def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None, status: int) -> int:
+def write_tile(path: StoreLike, tile: TileKey, block: npt.NDArray[np.floating] | None, status: int) -> int:
     """Write one tile as whole shards of the cube's arrays, then mark it in the record.
 
     Args:
@@ -354,41 +399,49 @@ def write_tile(path: Path, tile: TileKey, block: npt.NDArray[np.floating] | None
 
     Idempotent: writing a tile again replaces the same shards with the same bytes. The tile's checksum
     and cell count, then its status, are written only after the data, so a crash in between leaves
-    the tile "missing" and it is redone.
+    the tile "missing" and it is redone. On an object store each shard is one object written whole
+    (one PUT: atomic for a reader, no rename needed), and so is each record entry (chunks of 1 × 1).
+
+    ``path`` may also be a ``Path`` made of an object-store URL (``s3:/bucket/cube.zarr``: executors
+    that pass the store on as a path); it is read back as the URL (:meth:`StoreLocation.parse`).
 
     Returns:
         Bytes of embedding data written (0 for a skipped tile).
     """
     import zarr
 
+    loc = StoreLocation.parse(path)
     written = 0
+    doing = f"writing tile (row {tile.row}, col {tile.col}) to"
     try:
-        checksum, cells = 0, 0
-        if block is not None:
-            group = zarr.open_group(str(path), mode="r+")
-            encoding = read_encoding(path, group)
-            stored = encoding.encode_block(np.asarray(block))
-            for var in encoding.variables():
-                arr: Any = group[var.name]
-                arr[tile_region(var.dims, tile)] = stored[var.name]
-                written += int(stored[var.name].nbytes)
-            checksum, cells = stored_checksum(encoding, stored)
-        if (path / "tile_checksum").exists():  # cubes made before the integrity record have none
-            zarr.open_array(str(path / "tile_checksum"), mode="r+")[tile.row, tile.col] = checksum
-            zarr.open_array(str(path / "tile_cells"), mode="r+")[tile.row, tile.col] = cells
-        zarr.open_array(str(path / "tile_status"), mode="r+")[tile.row, tile.col] = status
+        with loc.errors(doing, writing=True):
+            checksum, cells = 0, 0
+            group: Any = zarr.open_group(_zarr(loc, read_only=False), mode="r+")
+            if block is not None:
+                encoding = read_encoding(loc, group)
+                stored = encoding.encode_block(np.asarray(block))
+                for var in encoding.variables():
+                    arr: Any = group[var.name]
+                    arr[tile_region(var.dims, tile)] = stored[var.name]
+                    written += int(stored[var.name].nbytes)
+                checksum, cells = stored_checksum(encoding, stored)
+            if "tile_checksum" in group:  # cubes made before the integrity record have none
+                group["tile_checksum"][tile.row, tile.col] = checksum
+                group["tile_cells"][tile.row, tile.col] = cells
+            group["tile_status"][tile.row, tile.col] = status  # last: the tile is done only now
     except OSError as exc:  # disk full, quota, I/O error: say where, and that a rerun resumes
-        raise StoreWriteError.of(exc, f"writing tile (row {tile.row}, col {tile.col}) to {path}",
-                                 "The tile is not marked done") from exc
+        raise StoreWriteError.of(exc, f"{doing} {loc}", "The tile is not marked done") from exc
     return written
 
 
-def finalize_cube(path: Path, report: dict[str, Any]) -> None:
+def finalize_cube(path: StoreLike, report: dict[str, Any]) -> None:
     """Record the run report in the attributes and consolidate the metadata."""
     import zarr
 
-    group = zarr.open_group(str(path), mode="r+")
-    group.attrs["range_dist:run_report"] = to_jsonable(report)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec" (xarray reads it)
-        zarr.consolidate_metadata(str(path))
+    loc = StoreLocation.parse(path)
+    with loc.errors("finishing", writing=True):
+        group = zarr.open_group(_zarr(loc, read_only=False), mode="r+")
+        group.attrs["range_dist:run_report"] = to_jsonable(report)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec" (xarray reads it)
+            zarr.consolidate_metadata(_zarr(loc, read_only=False))

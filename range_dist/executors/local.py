@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from range_dist.grid.spec import TileKey
@@ -24,17 +25,24 @@ class LocalExecutor:
         """Embed and write ``tiles``; with db_shards > 1 the shards are merged as on Ray."""
         cfg = plan.config
         grid = plan.layout.grid
+        # cfg.out is a path or a store URL (both go to write_tile as they are; the steps' `store: Path`
+        # hints predate URLs, hence the arg-type ignores below)
+
+        def emit(result: TileResult) -> None:  # computed here: no node, no actor, no payload moved
+            on_result(replace(result, node_id="local", worker="local"))
+
         # the β levels and dtype a tile is computed at: the heads layout computes β = 0 and 1 (the heads)
         betas, dtype = plan.compute_betas, plan.compute_dtype
         if cfg.db_shards == 1:
             encoder = plan.payload.build("cpu")
             for tile in tiles:
-                on_result(embed_and_write_tile(encoder, grid, tile, betas, cfg.land_only, cfg.out, dtype))
+                emit(embed_and_write_tile(encoder, grid, tile, betas, cfg.land_only, cfg.out, dtype))  # type: ignore[arg-type]
             return 1, 0.0
         shards = [plan.payload.build("cpu", b) for b in plan.payload.database.shard_bounds(cfg.db_shards)]
         for tile in tiles:
             parts = [tile_partials(enc, grid, tile, betas, cfg.land_only) for enc in shards]
-            on_result(merge_and_write_tile(parts, grid, tile, betas, cfg.variant, cfg.land_only, cfg.out, dtype))
+            emit(merge_and_write_tile(parts, grid, tile, betas, cfg.variant, cfg.land_only, cfg.out,  # type: ignore[arg-type]
+                                      dtype))
         return 1, 0.0
 
     def encode_batches(self, plan: BuildPlan) -> Iterator[EncodedBatch]:

@@ -1,8 +1,13 @@
-"""Local paths from user input: ``file://`` URLs are local, every other URL scheme is refused.
+"""Local paths from user input, for the inputs that must stay local: ``file://`` URLs are local,
+every other URL scheme is refused.
 
-range-dist reads and writes local (POSIX) paths only. ``Path("s3://bucket/cube.zarr")`` would
-silently become a local folder ``s3:/bucket/cube.zarr``, so a user would believe the cube is in
-the bucket; a URL is therefore refused with a message that says what to do instead.
+Object storage (``s3://``, ``gs://``, ``az://``) is accepted where a store is written or read
+through :class:`~range_dist.util.stores.StoreLocation`: ``embed-grid --out`` (the cube, its lease and
+fast plan) and the cube a command reads (``map``, ``sample``, ``similar``; ``open_cube`` in Python).
+Every other input and output (checkpoints, databases, locations and points files, PNG / GeoTIFF /
+npz outputs) is a local path. ``Path("s3://bucket/cube.zarr")`` would silently become a local folder
+``s3:/bucket/cube.zarr``, so a user would believe the file is in the bucket; a URL is therefore
+refused here with a message that says what to do instead.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def local_path(value: str | Path, what: str = "") -> Path:
         if head.endswith(":") and head[:-1].lower() in (*_OBJECT_STORES, "http", "https", "ftp", "file"):
             raise ConfigError(f"{what + ' ' if what else ''}{str(value)!r} is a URL turned into a path "
                               f"(Path() drops the '//' of {head}//); pass the URL as text: only local paths and "
-                              "file:// URLs are supported")
+                              "file:// URLs are supported for this input")
         return value
     match = _URL.match(value)
     if match is None:
@@ -52,5 +57,7 @@ def local_path(value: str | Path, what: str = "") -> Path:
         return Path(unquote(parts.path))
     kind = "object storage" if scheme in _OBJECT_STORES else f"a {scheme}:// URL"
     raise ConfigError(f"{name}: {kind} is not supported; range-dist reads and writes local paths "
-                      "(or file:// URLs) only. Give a local path instead: copy or download the input first, or "
-                      "mount the bucket as a folder and copy the output to it afterwards")
+                      "(or file:// URLs) only for this input. Give a local path instead: copy or download the input "
+                      "first, or mount the bucket as a folder and copy the output to it afterwards. (Object storage "
+                      "URLs s3://, gs://, az:// are accepted by embed-grid --out and by the cube argument of map, "
+                      "sample and similar.)")

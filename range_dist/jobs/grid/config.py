@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from range_dist.config.schema import option
 from range_dist.config.values import (
@@ -18,8 +19,41 @@ from range_dist.config.values import (
 )
 from range_dist.errors import ConfigError
 from range_dist.grid.spec import GridSpec
+from range_dist.util.stores import StoreLocation, register_storage_options
 
 GLOBE: BBox = (-180.0, -90.0, 180.0, 90.0)
+
+
+def parse_store(value: Any) -> Path | str:
+    """A store setting: a local Path, or object-store URL text (``s3://``, ``gs://``, ``az://``).
+
+    A URL stays text: ``Path()`` would drop its ``//`` (``s3:/bucket/...``), a local folder. Other URL
+    schemes are refused (:meth:`StoreLocation.parse`).
+    """
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(value)
+    return StoreLocation.parse(value, "out").as_arg()
+
+
+def parse_storage_options(value: Any) -> tuple[tuple[str, str], ...]:
+    """``storage_options``: a mapping of fsspec option names to text, numbers or true/false.
+
+    The messages name the option, never its value (the values may be secrets).
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError("storage_options must be a mapping of option names to values, e.g. "
+                          "{endpoint_url: 'http://127.0.0.1:8333'}")
+    pairs = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError("storage_options: option names must be text")
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        if not isinstance(item, str | int | float):
+            raise ConfigError(f"storage_options: the value of {name!r} must be text, a number or true/false "
+                              "(nested options are not supported)")
+        pairs[name] = str(item)
+    return tuple(sorted(pairs.items()))
 
 
 @dataclass(frozen=True)
@@ -40,7 +74,13 @@ class GridJobConfig:
                                                 "which can run code: only for files whose origin you know")
     sample_assets: bool = option(False, help="without --satclip/--db, use UNTRAINED sample assets instead of the "
                                              "published ones (demos and tests only)")
-    out: Path = option(Path("runs/range_grid.zarr"), help="output Zarr store (.zarr)")
+    out: Path | str = option(Path("runs/range_grid.zarr"), parse=parse_store,
+                             help="output Zarr store (.zarr): a local path, or s3://, gs://, az:// (credentials "
+                                  "from the environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL)")
+    storage_options: tuple[tuple[str, str], ...] = option(
+        (), parse=parse_storage_options, cli=False,
+        help="YAML only (a flag would show secrets in the process list): fsspec options of an object-store "
+             "--out, e.g. {endpoint_url: http://host:8333, region: eu-west-1}; never stored or printed")
     dtype: Literal["float16", "float32"] = option("float16", help="cube values (with --quantize int8: unused, the "
                                                                   "values are quantised from float32)")
     layout: Literal["beta", "heads"] = option(
@@ -76,9 +116,22 @@ class GridJobConfig:
     precision: str = option("fp32", parse=parse_precision, help="matrix products on GPU actors: fp32, tf32 or bf16 "
                                                                 "(CPU actors always use fp32)")
 
+    def __repr__(self) -> str:
+        # the dataclass repr would show storage_options' values, which may be secrets
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["storage_options"] = tuple((name, "***") for name, _ in self.storage_options)
+        return f"GridJobConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def __post_init__(self) -> None:
         # Library callers construct the dataclass directly: the same parsers as the YAML and flags.
         object.__setattr__(self, "betas", parse_betas(self.betas))
+        object.__setattr__(self, "out", parse_store(self.out))
+        if isinstance(self.storage_options, Mapping):
+            object.__setattr__(self, "storage_options", parse_storage_options(self.storage_options))
+        if self.storage_options:
+            # registered for the bucket in this process: the store is passed on as text (module notes of
+            # range_dist.util.stores); they are never part of the plan, the attributes or the report
+            register_storage_options(self.out, dict(self.storage_options))
         parse_variant(self.variant)
         parse_precision(self.precision)
         object.__setattr__(self, "tolerance", check_tolerance(self.mode, self.tolerance))
@@ -115,6 +168,9 @@ class GridJobConfig:
             raise ConfigError(f"validation_points={self.validation_points}: expected >= 16")
         if Path(self.out).suffix != ".zarr":
             raise ConfigError(f"out={self.out}: the output store must end in .zarr")
+        if isinstance(self.out, str) and self.overviews is not None:
+            raise ConfigError(f"overviews={self.overviews:g} with out={self.out}: overviews are built on local "
+                              "stores only so far; build the cube, then copy it to local disk for the pyramid")
         self.grid  # noqa: B018 - validates resolution and bbox
 
     @property

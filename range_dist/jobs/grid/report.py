@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,10 @@ class RunReport:
     tiles_computed_total: int = 0
     lease: dict[str, Any] | None = None
     fast_plan: dict[str, Any] | None = None
+    # where each tile was computed: node id → {"tiles", "points", "workers", "payload_bytes"}, and
+    # per tile {"tile": [row, col], "node_id", "worker"} (the executor fills them; see TileResult)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tile_nodes: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, result: TileResult) -> None:
         if result.fast_checks is not None:
@@ -43,6 +47,27 @@ class RunReport:
         self.points += result.points
         self.kernel_seconds += result.kernel_seconds
         self.bytes_written += result.bytes_written
+        self._place(result)
+
+    def _place(self, result: TileResult) -> None:
+        """Count the tile on the node(s) that computed it; a node's payload copy is counted once."""
+        if not result.node_id:
+            return
+        self.tile_nodes.append({"tile": [result.tile.row, result.tile.col], "node_id": result.node_id,
+                                "worker": result.worker})
+        for node in result.node_id.split("+"):  # shards of one tile on several nodes
+            entry = self.nodes.setdefault(node, {"tiles": 0, "points": 0, "workers": [], "payload_bytes": 0})
+            entry["tiles"] += 1
+            entry["points"] += result.points
+            for worker in result.worker.split("+"):
+                if worker and worker not in entry["workers"]:
+                    entry["workers"].append(worker)
+            entry["payload_bytes"] = max(entry["payload_bytes"], result.node_payload_bytes)
+
+    @property
+    def payload_bytes_moved(self) -> int:
+        """Bytes of payload (location weights + database) moved to the nodes: one copy per node."""
+        return sum(int(n["payload_bytes"]) for n in self.nodes.values())
 
     @property
     def points_per_second(self) -> float:
@@ -65,6 +90,7 @@ class RunReport:
         return {
             **self.__dict__,
             "fast_checks": None if self.fast_checks is None else asdict(self.fast_checks),
+            "payload_bytes_moved": self.payload_bytes_moved,
             "points_per_second": round(self.points_per_second, 1),
             "kernel_points_per_second": round(self.kernel_points_per_second, 1),
             "write_mb_per_second": round(
@@ -81,10 +107,21 @@ class RunReport:
             f"{self.wall_seconds:.1f} s ({self.startup_seconds:.1f} s start-up) = "
             f"{d['points_per_second']:,.0f} points/s (kernel "
             f"{d['kernel_points_per_second']:,.0f} points/s on {self.parallel_workers} worker(s)); "
-            f"{self.bytes_written / 2**20:,.1f} MiB written ({d['write_mb_per_second']} MiB/s); cube: {store}"
+            f"{self.bytes_written / 2**20:,.1f} MiB written ({d['write_mb_per_second']} MiB/s); "
+            + self._nodes_text() + f"cube: {store}"
             + ("" if self.fast_checks is None else "\n" + self.fast_checks.summary())
             + self._fast_line()
         )
+
+    def _nodes_text(self) -> str:
+        """Which Ray nodes computed how many tiles, and the payload bytes moved to each (empty when local)."""
+        ray_nodes = {k: v for k, v in self.nodes.items() if k != "local"}
+        if not ray_nodes:
+            return ""
+        per_node = ", ".join(f"{k[:8]} {v['tiles']} tiles / {len(v['workers'])} actor(s) / "
+                             f"{v['payload_bytes'] / 2**20:,.1f} MiB payload" for k, v in sorted(ray_nodes.items()))
+        return (f"{len(ray_nodes)} Ray node(s) ({per_node}); {self.payload_bytes_moved / 2**20:,.1f} MiB payload "
+                "moved in all (once per node, through the object store); ")
 
     def _fast_line(self) -> str:
         """What the fast mode decided (planned once per run, or reused on resume), if it was asked for."""

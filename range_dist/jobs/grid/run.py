@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -33,6 +34,7 @@ from range_dist.jobs.grid.steps import TileResult, tile_points
 from range_dist.retrieval.fast.plan import FastPlan, Workload, load_plan, save_plan
 from range_dist.util.lease import StoreLease
 from range_dist.util.progress import Progress
+from range_dist.util.stores import StoreLocation
 
 
 class TileExecutor(Protocol):
@@ -98,9 +100,38 @@ def run_workload(plan: GridPlan, land_share: float, sample: npt.NDArray[np.float
 
 
 def fast_plan_path(out: Path) -> Path:
-    """Where a run keeps its fast plan beside the cube (``STORE.fastplan.npz``), for a resume to reuse."""
+    """Where a run keeps its fast plan beside a local cube (``STORE.fastplan.npz``), for a resume to reuse."""
     out = Path(out)
     return out.with_name(out.name + ".fastplan.npz")
+
+
+def fast_plan_location(out: Path | str) -> StoreLocation:
+    """Where a run keeps its fast plan beside the cube, local or on an object store."""
+    return StoreLocation.parse(out).sibling(".fastplan.npz")
+
+
+def _load_fast_plan(where: StoreLocation, key: str) -> FastPlan | None:
+    if where.is_local:
+        return load_plan(where.local, key)
+    data = where.read_bytes()  # the object, through a local temporary file (np.load reads files)
+    if data is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "plan.npz"
+        local.write_bytes(data)
+        return load_plan(local, key)
+
+
+def _save_fast_plan(fast: FastPlan, where: StoreLocation, key: str) -> None:
+    if where.is_local:
+        where.local.parent.mkdir(parents=True, exist_ok=True)
+        save_plan(fast, where.local, key)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "plan.npz"
+        save_plan(fast, local, key)
+        # one PUT of the whole object: a resume reads the whole plan or none (then it plans again)
+        where.write_bytes(local.read_bytes())
 
 
 def fast_plan_key(plan: GridPlan) -> str:
@@ -153,8 +184,8 @@ def with_fast_plan(plan: GridPlan, log: Any = sys.stderr) -> GridPlan:
     """
     if plan.config.mode != "fast":
         return plan
-    path, key = fast_plan_path(plan.config.out), fast_plan_key(plan)
-    fast = load_plan(path, key)
+    path, key = fast_plan_location(plan.config.out), fast_plan_key(plan)
+    fast = _load_fast_plan(path, key)
     if fast is not None:
         what = f"exact ({fast.fallback})" if fast.fallback else \
             f"value rank {fast.value_rank}, interpolated {fast.spacing or 'none'}"
@@ -162,8 +193,7 @@ def with_fast_plan(plan: GridPlan, log: Any = sys.stderr) -> GridPlan:
               file=log, flush=True)
     else:
         fast = plan_fast_mode(plan, log)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_plan(fast, path, key)
+        _save_fast_plan(fast, path, key)
     attrs = {**plan.attrs, "range_dist:fast": fast.describe()}
     if fast.fallback is not None:
         return replace(plan, attrs=attrs)
@@ -188,6 +218,8 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
     cfg = plan.config
     log = sys.stderr if log is None else log  # looked up per call: tests and callers swap sys.stderr
     print(plan.describe(), file=log)
+    # An object store: the driver's checks and writes name the endpoint, bucket or permission when they
+    # fail (ObjectStoreError); the lease is the run's first write, so a read-only key stops it here.
     # one driver per store, taken before any compute (the fast-mode planning included)
     with StoreLease(cfg.out, f"embed-grid -> {cfg.out}", takeover=cfg.takeover) as lease:
         if lease.replaced is not None:
@@ -197,7 +229,7 @@ def run_grid(plan: GridPlan, executor: TileExecutor, log: Any = None) -> RunRepo
         report.fast_plan = planned.attrs.get("range_dist:fast")
         report.lease = lease.report()
         finalize_cube(cfg.out, {**report.as_dict(), "sample_assets": plan.sample})
-    print(report.summary(cfg.out, plan.assets_label), file=log)
+    print(report.summary(cfg.out, plan.assets_label), file=log)  # type: ignore[arg-type]  # formatted only
     if cfg.overviews is not None:  # after the lease is released: build_overviews takes it itself
         for level in build_overviews(cfg.out, min_resolution=cfg.overviews):
             print(f"overview level {level.level}: {level.resolution:g}° {level.shape[0]}x{level.shape[1]} cells, "

@@ -28,7 +28,13 @@ from range_dist.retrieval.fast.retriever import FastStats
 
 @dataclass(frozen=True)
 class TileResult:
-    """What one finished tile reports back (small: crosses process boundaries)."""
+    """What one finished tile reports back (small: crosses process boundaries).
+
+    The executor fills where the tile was computed: ``node_id`` (a Ray node id; several joined by
+    ``+`` when database shards on different nodes computed it; ``local`` for the local executor),
+    ``worker`` (the Ray actor id, or ``local``) and ``node_payload_bytes`` (the size of the payload
+    copy that node's object store holds: moved to the node once, shared by its actors).
+    """
 
     tile: TileKey
     status: int
@@ -36,6 +42,9 @@ class TileResult:
     kernel_seconds: float
     bytes_written: int
     fast_checks: FastStats | None = None
+    node_id: str = ""
+    worker: str = ""
+    node_payload_bytes: int = 0
 
 
 @dataclass(frozen=True)
