@@ -21,6 +21,7 @@ from range_dist.errors import AssetError
 from range_dist.geo.coords import lonlat_to_xyz
 from range_dist.geo.sphere import sample_land
 from range_dist.util.cache import cache_dir
+from range_dist.util.stores import is_url
 
 SATCLIP_REPO = "microsoft/SatCLIP-ViT16-L40"
 SATCLIP_FILE = "satclip-vit16-l40.ckpt"
@@ -149,14 +150,15 @@ class ResolvedAssets:
     """The checkpoint and database a command will use, and where they come from.
 
     Attributes:
-        checkpoint, database: the paths.
+        checkpoint, database: the paths, or URL text for an input given as a URL (``Path()`` would drop its
+            ``//``; the job downloads it into the cache, :mod:`range_dist.util.downloads`).
         origin: ``given`` (flags), ``published`` (fetched into the cache) or ``sample`` (asked for with
             ``--sample-assets``: untrained, labelled as such in every output).
         to_write: sample assets that a real run writes first (a dry run only names them).
     """
 
-    checkpoint: Path
-    database: Path
+    checkpoint: Path | str
+    database: Path | str
     origin: str
     to_write: bool = False
 
@@ -167,7 +169,12 @@ class ResolvedAssets:
         return f"{self.origin} assets: {self.checkpoint} and {self.database}"
 
 
-def resolve_assets(satclip: Path | None, db: Path | None, sample_assets: bool = False,
+def _given(value: Path | str) -> Path | str:
+    """A given input: URL text stays text (``Path()`` would make ``s3://b/x`` the local ``s3:/b/x``)."""
+    return value if isinstance(value, str) and is_url(value) else Path(value)
+
+
+def resolve_assets(satclip: Path | str | None, db: Path | str | None, sample_assets: bool = False,
                    cache_dir: Path | None = None) -> ResolvedAssets:
     """The checkpoint and database to use: the given paths, else the published ones if fetched, else
     the untrained samples ONLY when ``sample_assets`` asks for them. Reads the cache; writes nothing.
@@ -177,11 +184,11 @@ def resolve_assets(satclip: Path | None, db: Path | None, sample_assets: bool = 
             message names ``range-dist fetch-assets``, the cache looked in and ``--sample-assets``.
     """
     if satclip is not None and db is not None:
-        return ResolvedAssets(Path(satclip), Path(db), "given")
+        return ResolvedAssets(_given(satclip), _given(db), "given")
     cache = Path(cache_dir or default_cache_dir())
     published = cached_published_assets(cache)
     if published is not None:
-        return ResolvedAssets(Path(satclip or published.checkpoint), Path(db or published.database),
+        return ResolvedAssets(_given(satclip or published.checkpoint), _given(db or published.database),
                               "given" if satclip or db else "published")
     if not sample_assets:
         missing = " and ".join(n for n, v in (("--satclip", satclip), ("--db", db)) if v is None)
@@ -200,7 +207,7 @@ def materialize(assets: ResolvedAssets) -> ResolvedAssets:
     """Write the sample assets a real run needs (no-op for given, published or present assets)."""
     if not assets.to_write:
         return assets
-    paths = write_sample_assets(assets.checkpoint.parent)
+    paths = write_sample_assets(Path(assets.checkpoint).parent)
     return ResolvedAssets(paths.checkpoint, paths.database, assets.origin)
 
 

@@ -15,6 +15,7 @@ def run_embed_points(args: argparse.Namespace) -> int:
     from range_dist import RangeEncoder, RetrievalDatabase, __version__, load_satclip_location_encoder
     from range_dist.config.values import check_tolerance, parse_betas, parse_device
     from range_dist.locations.points_io import read_points, write_embeddings
+    from range_dist.util.downloads import fetch_input
     from range_dist.util.outputs import check_output_location
     from range_dist.util.progress import Progress
 
@@ -24,10 +25,12 @@ def run_embed_points(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_location(out, overwrite=args.overwrite)  # before any computing
     points = read_points(args.points)
-    location = load_satclip_location_encoder(args.satclip, harmonics=args.harmonics, trust=args.trust_checkpoint)
+    # --satclip / --db may be URLs: downloaded once into the cache, SHA-256 checked (as embed-grid)
+    checkpoint = fetch_input(args.satclip, "--satclip")
+    location = load_satclip_location_encoder(checkpoint.path, harmonics=args.harmonics, trust=args.trust_checkpoint)
     db = RetrievalDatabase.open(args.db)
     if args.dry_run:
-        print(f"embed-points plan: read {args.points} ({len(points):,} points), {args.satclip}, {args.db} "
+        print(f"embed-points plan: read {args.points} ({len(points):,} points), {checkpoint.source}, {db.source} "
               f"({db.rows:,} rows); compute {args.variant} at β={list(betas)}, {args.mode} mode; write {out} "
               f"({len(betas)} × {len(points):,} × {db.value_dim + db.key_dim} float32)")
         return 0
@@ -51,8 +54,9 @@ def run_embed_points(args: argparse.Namespace) -> int:
         "precision": encoder.precision_used,
         "variant": args.variant,
         "betas": list(betas),
-        "satclip": str(args.satclip),
-        "database": str(args.db),
+        "satclip": checkpoint.source,  # the URL when given one (never a secret), else the path
+        "satclip_sha256": checkpoint.sha256,
+        "database": db.source,
         "database_rows": db.rows,
         "harmonics": location.config.harmonics,
     }
@@ -81,7 +85,7 @@ def run_embed_grid(args: argparse.Namespace) -> int:
     if args.dry_run:
         if assets.to_write:  # describe the run on the samples as they would be written, write nothing
             location, database = sample_models()
-            inputs = GridInputs(location, database, assets.checkpoint, assets.database, None, sample=True)
+            inputs = GridInputs(location, database, Path(assets.checkpoint), assets.database, None, sample=True)
         else:
             inputs = load_inputs(resolved, sample=sample)
         print(build_plan(resolved, inputs).describe())
@@ -95,6 +99,17 @@ def run_embed_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_argument(value: str) -> Path | str:
+    """An input file argument: a local Path, or URL text (``Path()`` would drop its ``//``)."""
+    from range_dist.errors import ConfigError
+    from range_dist.util.downloads import parse_input
+
+    try:
+        return parse_input(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def add_parsers(sub: Any) -> None:
     """Register the embedding commands."""
     from range_dist.config.schema import add_arguments
@@ -102,8 +117,12 @@ def add_parsers(sub: Any) -> None:
     from range_dist.jobs.grid.config import GridJobConfig
 
     p = sub.add_parser("embed-points", help=run_embed_points.__doc__, description=run_embed_points.__doc__)
-    p.add_argument("--satclip", type=Path, required=True, help="SatCLIP checkpoint (.ckpt or .safetensors)")
-    p.add_argument("--db", type=Path, required=True, help="retrieval database (.npz or .zarr)")
+    p.add_argument("--satclip", type=_input_argument, required=True,
+                   help="SatCLIP checkpoint (.ckpt or .safetensors): a local path, or an s3://, gs://, az://, "
+                        "https:// URL (downloaded once into the cache, SHA-256 checked; pin with #sha256=HEX)")
+    p.add_argument("--db", type=_input_argument, required=True,
+                   help="retrieval database (.npz or .zarr): a local path, or a URL (an .npz is downloaded like "
+                        "--satclip; a .zarr on s3://, gs://, az:// is read in place)")
     p.add_argument("--variant", choices=VARIANTS, default="range+")
     p.add_argument("--betas", default="0.5", help="comma-separated β levels in [0, 1] (default 0.5)")
     p.add_argument("--points", type=Path, required=True, help="CSV or Parquet with lon, lat columns (degrees)")

@@ -49,9 +49,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from range_dist.errors import DatabaseError
+from range_dist.errors import DatabaseError, RangeDistError
+from range_dist.util.downloads import fetch_input, is_remote, parse_remote
 from range_dist.util.jsonable import to_jsonable
 from range_dist.util.lease import holder_is_gone, read_holder
+from range_dist.util.paths import local_path
+from range_dist.util.stores import OBJECT_STORES, StoreLocation
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -275,12 +278,22 @@ class RetrievalDatabase:
     # ------------------------------------------------------------------ I/O
     @classmethod
     def open(cls, path: str | Path) -> RetrievalDatabase:
-        """Open a database in the published ``.npz`` form or the Zarr form.
+        """Open a database in the published ``.npz`` form or the Zarr form, local or from a URL.
+
+        Args:
+            path: a local path; an ``.npz`` URL (``s3://``, ``gs://``, ``az://``, ``https://``; optionally
+                ``#sha256=<hex>``), downloaded once into the cache and SHA-256 checked
+                (:mod:`range_dist.util.downloads`); or a Zarr store on ``s3://``, ``gs://``, ``az://``, read in
+                place (read-only) with the same integrity checks as a local one. The database's ``source``
+                is then the URL (without any secret), not the cache path.
 
         Raises:
             DatabaseError: missing file, unknown format, missing arrays or bad content.
+            AssetError: a download failed or its SHA-256 does not match.
         """
-        path = Path(path)
+        if isinstance(path, str) and is_remote(path):
+            return cls._open_url(path)
+        path = local_path(path, "database")
         if not path.exists():
             raise DatabaseError(
                 f"database {path} does not exist. Import the published one with `range-dist import-db "
@@ -294,6 +307,29 @@ class RetrievalDatabase:
             f"{path}: not a retrieval database: expected a published-layout .npz file or a Zarr v3 "
             "directory written by range-dist (with zarr.json)"
         )
+
+    @classmethod
+    def _open_url(cls, url: str) -> RetrievalDatabase:
+        """A database from a URL: an ``.npz`` file downloaded into the cache, or a Zarr store read in place."""
+        remote = parse_remote(url, "database")
+        assert remote is not None  # is_remote(url) was checked by the caller
+        if remote.scheme in OBJECT_STORES and not remote.file_name.endswith(".npz") and remote.pin is None:
+            location = StoreLocation.parse(remote.url, "database")
+            with location.errors("opening the database"):
+                if not location.child("zarr.json").is_object():
+                    if location.is_object():
+                        raise DatabaseError(f"{location.describe()}: not a retrieval database: a URL's file is read "
+                                            "as the published-layout .npz only when its name ends in .npz")
+                    raise DatabaseError(f"database {location.describe()} does not exist (no zarr.json there)")
+                return cls._open_zarr(location)
+        if not remote.file_name.endswith(".npz"):
+            raise DatabaseError(
+                f"database {remote.public}: a database is read from a URL as a .npz file (downloaded) or as a Zarr "
+                "store on s3://, gs:// or az:// (read in place, without #sha256=: its integrity record is checked)")
+        fetched = fetch_input(url, "database")
+        db = cls._open_npz(fetched.path)
+        db.source = fetched.source  # the URL, not the cache path: what messages and provenance name
+        return db
 
     @classmethod
     def _open_npz(cls, path: Path) -> RetrievalDatabase:
@@ -326,20 +362,22 @@ class RetrievalDatabase:
         return cls(locs, keys, values, {"source_row": np.arange(len(locs), dtype=np.int64)}, attrs, source=str(path))
 
     @classmethod
-    def _open_zarr(cls, path: Path) -> RetrievalDatabase:
+    def _open_zarr(cls, path: Path | StoreLocation) -> RetrievalDatabase:
         import zarr
 
         group, meta = _open_database_group(path)
+        where = _where(path)
         try:
             return cls._read_zarr(path, group, meta)
         except DatabaseError:
             raise
         except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
-            raise DatabaseError(f"{path}: cannot read the database's arrays ({type(exc).__name__}: {exc}); an "
-                                f"array's zarr.json may be damaged. {_fix_hint(path, meta)}") from exc
+            raise DatabaseError(f"{where}: cannot read the database's arrays ({type(exc).__name__}: {exc}); an "
+                                f"array's zarr.json may be damaged. {_fix_hint(where, meta)}") from exc
 
     @classmethod
-    def _read_zarr(cls, path: Path, group: Any, meta: dict[str, Any]) -> RetrievalDatabase:
+    def _read_zarr(cls, store: Path | StoreLocation, group: Any, meta: dict[str, Any]) -> RetrievalDatabase:
+        path = _where(store)
         rows = int(meta.get("rows", 0))
         names = ["locations", "keys", "values"]
         columns = [c for c in meta.get("provenance_columns", []) if c in group]
@@ -357,7 +395,7 @@ class RetrievalDatabase:
             _LOG.warning("%s: no integrity record (written by an older range-dist), so missing chunks cannot be "
                          "detected; re-import or rebuild it to add one", path)
         else:
-            _check_chunks_present(path, group, meta, record)
+            _check_chunks_present(store, group, meta, record)
         # Arrays longer than ``rows`` hold an interrupted build's uncommitted rows: never read.
         arrays = {name: _read_rows(path, group, name, rows, meta) for name in names}
         provenance = {c: np.asarray(_read_rows(path, group, c, rows, meta)) for c in columns}
@@ -474,13 +512,20 @@ def _npz_numeric(path: Path, npz: Any, key: str) -> npt.NDArray[Any]:
     return arr
 
 
-def _open_database_group(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The Zarr group and meta of a range-dist database, or a DatabaseError saying what the path is."""
+def _open_database_group(store: Path | StoreLocation) -> tuple[Any, dict[str, Any]]:
+    """The Zarr group and meta of a range-dist database, or a DatabaseError saying what the path is.
+
+    ``store`` is a local path, or an object-store location opened read-only through its Zarr store.
+    """
     import zarr
 
+    path = _where(store)
     try:
-        group: Any = zarr.open_group(str(path), mode="r")  # zarr's typing of Group indexing is too narrow
+        target: Any = str(store) if isinstance(store, Path) else store.zarr_store(read_only=True)
+        group: Any = zarr.open_group(target, mode="r")  # zarr's typing of Group indexing is too narrow
         meta: dict[str, Any] = dict(group.attrs.get(ATTRS_KEY, {}))
+    except RangeDistError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
         raise DatabaseError(f"{path}: cannot open as a Zarr group ({type(exc).__name__}: {exc}); its zarr.json "
                             "is damaged or it is not a Zarr store") from exc
@@ -491,7 +536,12 @@ def _open_database_group(path: Path) -> tuple[Any, dict[str, Any]]:
     return group, meta
 
 
-def _fix_hint(path: Path, meta: Mapping[str, Any], verify: bool = True) -> str:
+def _where(store: Path | StoreLocation) -> Path | str:
+    """How messages name a database store: the local path, or the URL (never an option or a secret)."""
+    return store if isinstance(store, Path) else store.describe()
+
+
+def _fix_hint(path: Path | str, meta: Mapping[str, Any], verify: bool = True) -> str:
     """How to get an intact database back, from what the attributes say made it (and ``verify`` named)."""
     origin = str(meta.get("origin", ""))
     if origin.startswith("npz:"):
@@ -520,10 +570,15 @@ def _block_rows(block: int, chunk_rows: int, rows: int) -> tuple[int, int]:
     return block * chunk_rows, min((block + 1) * chunk_rows, rows)
 
 
+def _chunk_keys(name: str, arr: Any, block: int) -> list[str]:
+    """The keys (``name/c/0/1``) of the chunks holding one row block of an array (every chunk along the other axes)."""
+    others = [range(math.ceil(s / c)) for s, c in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
+    return [f"{name}/{arr.metadata.encode_chunk_key((block, *rest))}" for rest in itertools.product(*others)]
+
+
 def _chunk_files(path: Path, name: str, arr: Any, block: int) -> list[Path]:
     """The files holding one row block of an array (every chunk along the other axes) in a local store."""
-    others = [range(math.ceil(s / c)) for s, c in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
-    return [path / name / arr.metadata.encode_chunk_key((block, *rest)) for rest in itertools.product(*others)]
+    return [path.joinpath(*key.split("/")) for key in _chunk_keys(name, arr, block)]
 
 
 def _expected_blocks(entry: Mapping[str, Any]) -> list[int]:
@@ -531,19 +586,31 @@ def _expected_blocks(entry: Mapping[str, Any]) -> list[int]:
     return [i for i in range(len(entry["digests"])) if i not in unstored]
 
 
-def _check_record_shape(path: Path, name: str, entry: Mapping[str, Any], rows: int) -> None:
+def _check_record_shape(path: Path | str, name: str, entry: Mapping[str, Any], rows: int) -> None:
     chunk_rows = int(entry["chunk_rows"])
     if chunk_rows < 1 or len(entry["digests"]) != math.ceil(rows / chunk_rows):
         raise DatabaseError(f"{path}: the integrity record of {name!r} lists {len(entry['digests'])} blocks of "
                             f"{chunk_rows} rows for {rows} committed rows; the attributes (zarr.json) are damaged")
 
 
-def _check_chunks_present(path: Path, group: Any, meta: Mapping[str, Any], record: Mapping[str, Any]) -> None:
-    """The cheap check of ``open``: every chunk the record expects has its file (a ``stat`` per chunk).
+def _check_chunks_present(store: Path | StoreLocation, group: Any, meta: Mapping[str, Any],
+                          record: Mapping[str, Any]) -> None:
+    """The cheap check of ``open``: every chunk the record expects is stored (a ``stat`` per chunk locally;
+    one listing of the store on object storage, where a request per chunk would be slow).
 
     Raises:
         DatabaseError: naming the array, the rows the missing chunks held, a file and the fix.
     """
+    path = _where(store)
+    if isinstance(store, Path):
+        def present(key: str) -> bool:
+            return store.joinpath(*key.split("/")).is_file()
+    else:
+        with store.errors("listing the database"):
+            stored = set(store.object_sizes())
+
+        def present(key: str) -> bool:
+            return key in stored
     rows = int(meta.get("rows", 0))
     for name, entry in record.get("arrays", {}).items():
         _check_record_shape(path, name, entry, rows)
@@ -551,17 +618,18 @@ def _check_chunks_present(path: Path, group: Any, meta: Mapping[str, Any], recor
             raise DatabaseError(f"{path}: array {name!r} is missing ({rows} rows recorded). {_fix_hint(path, meta)}")
         arr = group[name]
         chunk_rows = int(entry["chunk_rows"])
-        missing = [(b, f) for b in _expected_blocks(entry) for f in _chunk_files(path, name, arr, b) if not f.is_file()]
+        missing = [(b, k) for b in _expected_blocks(entry) for k in _chunk_keys(name, arr, b) if not present(k)]
         if missing:
             ranges = [_block_rows(b, chunk_rows, rows) for b in dict.fromkeys(b for b, _ in missing)]
+            example = f"{path}/{missing[0][1]}" if isinstance(path, str) else path.joinpath(*missing[0][1].split("/"))
             raise DatabaseError(
                 f"{path}: array {name!r} is missing the chunk(s) that held {_row_ranges(ranges)} "
-                f"(e.g. {missing[0][1]}); Zarr would read them as zeros, so these rows would be silently wrong. "
+                f"(e.g. {example}); Zarr would read them as zeros, so these rows would be silently wrong. "
                 f"{_fix_hint(path, meta)}"
             )
 
 
-def _read_rows(path: Path, group: Any, name: str, rows: int, meta: Mapping[str, Any]) -> npt.NDArray[Any]:
+def _read_rows(path: Path | str, group: Any, name: str, rows: int, meta: Mapping[str, Any]) -> npt.NDArray[Any]:
     try:
         return np.asarray(group[name][:rows])
     except READ_ERRORS as exc:

@@ -4,10 +4,13 @@ every other URL scheme is refused.
 Object storage (``s3://``, ``gs://``, ``az://``) is accepted where a store is written or read
 through :class:`~range_dist.util.stores.StoreLocation`: ``embed-grid --out`` (the cube, its lease and
 fast plan) and the cube a command reads (``map``, ``sample``, ``similar``; ``open_cube`` in Python).
-Every other input and output (checkpoints, databases, locations and points files, PNG / GeoTIFF /
-npz outputs) is a local path. ``Path("s3://bucket/cube.zarr")`` would silently become a local folder
-``s3:/bucket/cube.zarr``, so a user would believe the file is in the bucket; a URL is therefore
-refused here with a message that says what to do instead.
+The checkpoint and database of ``embed-grid`` / ``embed-points`` (``--satclip``, ``--db``) also accept
+URLs: downloaded once into the cache and SHA-256 checked (:mod:`range_dist.util.downloads`), or for a
+Zarr database on object storage, read in place. Every other input and output (locations and points
+files, the inputs of the other commands, PNG / GeoTIFF / npz outputs) is a local path.
+``Path("s3://bucket/cube.zarr")`` would silently become a local folder ``s3:/bucket/cube.zarr``, so a
+user would believe the file is in the bucket; a URL is therefore refused here with a message that
+says what to do instead.
 """
 
 from __future__ import annotations
@@ -60,4 +63,4 @@ def local_path(value: str | Path, what: str = "") -> Path:
                       "(or file:// URLs) only for this input. Give a local path instead: copy or download the input "
                       "first, or mount the bucket as a folder and copy the output to it afterwards. (Object storage "
                       "URLs s3://, gs://, az:// are accepted by embed-grid --out and by the cube argument of map, "
-                      "sample and similar.)")
+                      "sample and similar; URLs, https:// too, by --satclip and --db of embed-grid and embed-points.)")

@@ -19,7 +19,8 @@ from range_dist.config.values import (
 )
 from range_dist.errors import ConfigError
 from range_dist.grid.spec import GridSpec
-from range_dist.util.stores import StoreLocation, register_storage_options
+from range_dist.util.downloads import parse_input, parse_remote
+from range_dist.util.stores import OBJECT_STORES, StoreLocation, register_storage_options
 
 GLOBE: BBox = (-180.0, -90.0, 180.0, 90.0)
 
@@ -33,6 +34,24 @@ def parse_store(value: Any) -> Path | str:
     if not isinstance(value, str | Path) or not str(value):
         raise ValueError(value)
     return StoreLocation.parse(value, "out").as_arg()
+
+
+def parse_satclip(value: Any) -> Path | str | None:
+    """``satclip``: a local Path, or URL text (s3/gs/az/https/http, optional ``#sha256=``) downloaded at load."""
+    if value is None:  # not given (a YAML round trip writes `satclip: null`)
+        return None
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(value)
+    return parse_input(value, "satclip")
+
+
+def parse_db(value: Any) -> Path | str | None:
+    """``db``: a local Path, or URL text (an ``.npz`` is downloaded at load; Zarr on s3/gs/az is read in place)."""
+    if value is None:  # not given (a YAML round trip writes `db: null`)
+        return None
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(value)
+    return parse_input(value, "db")
 
 
 def parse_storage_options(value: Any) -> tuple[tuple[str, str], ...]:
@@ -68,8 +87,14 @@ class GridJobConfig:
     variant: str = option("range+", parse=parse_variant, help="range+ (semantic + spatial heads) or range")
     betas: tuple[float, ...] = option((0.0, 0.5, 1.0), parse=parse_betas, metavar="B1,B2,...",
                                       help="β levels of the cube, each in [0, 1]")
-    satclip: Path | None = option(None, help="SatCLIP checkpoint (default: the published one, fetched)")
-    db: Path | None = option(None, help="retrieval database, .npz or .zarr (default: the published one, fetched)")
+    satclip: Path | str | None = option(
+        None, parse=parse_satclip,
+        help="SatCLIP checkpoint: a local path, or an s3://, gs://, az://, https:// URL (downloaded once into the "
+             "cache, SHA-256 checked; pin with #sha256=HEX) (default: the published one, fetched)")
+    db: Path | str | None = option(
+        None, parse=parse_db,
+        help="retrieval database, .npz or .zarr: a local path, or a URL (an .npz is downloaded like --satclip; a "
+             ".zarr on s3://, gs://, az:// is read in place) (default: the published one, fetched)")
     trust_checkpoint: bool = option(False, help="allow a --satclip checkpoint that needs full pickle loading, "
                                                 "which can run code: only for files whose origin you know")
     sample_assets: bool = option(False, help="without --satclip/--db, use UNTRAINED sample assets instead of the "
@@ -80,7 +105,8 @@ class GridJobConfig:
     storage_options: tuple[tuple[str, str], ...] = option(
         (), parse=parse_storage_options, cli=False,
         help="YAML only (a flag would show secrets in the process list): fsspec options of an object-store "
-             "--out, e.g. {endpoint_url: http://host:8333, region: eu-west-1}; never stored or printed")
+             "--out (and of --satclip / --db URLs on that kind of store), e.g. {endpoint_url: http://host:8333, "
+             "region: eu-west-1}; never stored or printed")
     dtype: Literal["float16", "float32"] = option("float16", help="cube values (with --quantize int8: unused, the "
                                                                   "values are quantised from float32)")
     layout: Literal["beta", "heads"] = option(
@@ -126,12 +152,24 @@ class GridJobConfig:
         # Library callers construct the dataclass directly: the same parsers as the YAML and flags.
         object.__setattr__(self, "betas", parse_betas(self.betas))
         object.__setattr__(self, "out", parse_store(self.out))
+        if self.satclip is not None:
+            object.__setattr__(self, "satclip", parse_satclip(self.satclip))
+        if self.db is not None:
+            object.__setattr__(self, "db", parse_db(self.db))
         if isinstance(self.storage_options, Mapping):
             object.__setattr__(self, "storage_options", parse_storage_options(self.storage_options))
         if self.storage_options:
             # registered for the bucket in this process: the store is passed on as text (module notes of
-            # range_dist.util.stores); they are never part of the plan, the attributes or the report
+            # range_dist.util.stores); they are never part of the plan, the attributes or the report. Inputs
+            # on an object store of the same kind (--satclip / --db s3://...) are read with them too: one
+            # YAML block configures the job's one object store
             register_storage_options(self.out, dict(self.storage_options))
+            out_scheme = StoreLocation.parse(self.out).scheme
+            for value in (self.satclip, self.db):
+                remote = parse_remote(value) if isinstance(value, str) else None
+                if remote is not None and remote.scheme in OBJECT_STORES and \
+                        (out_scheme == remote.scheme or out_scheme == "file"):
+                    register_storage_options(remote.url, dict(self.storage_options))
         parse_variant(self.variant)
         parse_precision(self.precision)
         object.__setattr__(self, "tolerance", check_tolerance(self.mode, self.tolerance))

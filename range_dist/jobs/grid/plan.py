@@ -22,6 +22,7 @@ from range_dist.grid.spec import TileKey, iter_tiles
 from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.jobs.grid.steps import EncoderPayload
 from range_dist.retrieval.engine import VARIANTS
+from range_dist.util.downloads import fetch_input, is_remote, parse_remote
 from range_dist.util.hashing import sha256_file
 from range_dist.util.outputs import check_output_location
 
@@ -38,17 +39,23 @@ class GridInputs:
     Attributes:
         location: the SatCLIP location encoder.
         database: the retrieval database.
-        satclip, db: their paths.
+        satclip, db: the local files read (for a URL: the verified copy in the cache), or for a Zarr
+            database read in place on object storage, its URL.
         satclip_sha256: the checkpoint file's SHA-256 (None: not written yet, in a dry run).
         sample: untrained sample assets (asked for with ``sample_assets``), labelled as such everywhere.
+        satclip_url, db_url: the URLs they were given as (public: no query, no user part), None for local
+            inputs; recorded in the cube's provenance beside the paths, so that the cube names where its
+            inputs really came from and not only a cache folder of one machine.
     """
 
     location: SatCLIPLocationEncoder
     database: RetrievalDatabase
     satclip: Path
-    db: Path
+    db: Path | str
     satclip_sha256: str | None
     sample: bool = False
+    satclip_url: str | None = None
+    db_url: str | None = None
 
 
 def load_inputs(config: GridJobConfig, sample: bool = False) -> GridInputs:
@@ -57,10 +64,22 @@ def load_inputs(config: GridJobConfig, sample: bool = False) -> GridInputs:
 
     if config.satclip is None or config.db is None:
         raise ConfigError("embed-grid needs --satclip and --db (or the published assets: range-dist fetch-assets)")
-    location = load_satclip_location_encoder(config.satclip, harmonics=config.harmonics,  # type: ignore[arg-type]
+    # a URL is downloaded once into the cache and its SHA-256 checked (util.downloads); the digest computed
+    # there is the one recorded, so the file is hashed once per run
+    checkpoint = fetch_input(config.satclip, "--satclip")
+    location = load_satclip_location_encoder(checkpoint.path, harmonics=config.harmonics,  # type: ignore[arg-type]
                                              trust=config.trust_checkpoint)
-    database = RetrievalDatabase.open(config.db)
-    return GridInputs(location, database, Path(config.satclip), Path(config.db), sha256_file(config.satclip), sample)
+    database = RetrievalDatabase.open(config.db)  # an .npz URL is downloaded; a Zarr URL is read in place
+    remote_db = parse_remote(config.db, "--db") if isinstance(config.db, str) else None
+    db_url = database.source if remote_db is not None else None
+    if remote_db is None:
+        db: Path | str = Path(config.db)
+    elif remote_db.file_name.endswith(".npz"):
+        db = remote_db.cached
+    else:  # a Zarr store read in place: its URL is what was read
+        db = remote_db.public
+    return GridInputs(location, database, checkpoint.path, db, checkpoint.sha256 or sha256_file(checkpoint.path),
+                      sample, satclip_url=checkpoint.source if is_remote(config.satclip) else None, db_url=db_url)
 
 
 @dataclass(frozen=True)
@@ -121,8 +140,8 @@ class GridPlan:
             if cfg.mode == "fast" else "exact"
         return "\n".join([
             "embed-grid plan:" + (f"  [{self.assets_label}]" if self.assets_label else ""),
-            f"  read:     {self.attrs['range_dist:satclip']} (SatCLIP L={self.payload.location_config.legendre_polys}, "
-            f"{self.attrs['range_dist:harmonics']} harmonics); {self.attrs['range_dist:database']} "
+            f"  read:     {self._source('satclip')} (SatCLIP L={self.payload.location_config.legendre_polys}, "
+            f"{self.attrs['range_dist:harmonics']} harmonics); {self._source('database')} "
             f"({db.rows:,} rows × keys {db.key_dim} / values {db.value_dim}, {mib:,.1f} MiB)",
             f"  compute:  {cfg.resolution}° grid {n_lat}×{n_lon} = {self.points:,} cells"
             f"{' (land only)' if cfg.land_only else ''}, {len(self.tiles)} tiles of {cfg.tile_size}², "
@@ -130,6 +149,11 @@ class GridPlan:
             f"  write:    {cfg.out}: {self._stored()} = up to {self.nbytes / 2**30:.2f} GiB; {action}"
             + ("" if cfg.overviews is None else f"; then its overview pyramid down to {cfg.overviews:g}°"),
         ])
+
+    def _source(self, name: str) -> str:
+        """Where an input was read from: its URL (and the cached copy read), else its path."""
+        path, url = self.attrs[f"range_dist:{name}"], self.attrs.get(f"range_dist:{name}_url")
+        return str(path) if url is None or url == path else f"{url} (cached copy {path})"
 
     def _stored(self) -> str:
         enc = self.layout.encoding
@@ -200,8 +224,10 @@ def build_plan(config: GridJobConfig, inputs: GridInputs) -> GridPlan:
         "range_dist:version": __version__,
         "range_dist:created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "range_dist:satclip": str(inputs.satclip),
+        **({"range_dist:satclip_url": inputs.satclip_url} if inputs.satclip_url else {}),
         "range_dist:satclip_sha256": inputs.satclip_sha256,
         "range_dist:database": str(inputs.db),
+        **({"range_dist:database_url": inputs.db_url} if inputs.db_url else {}),
         "range_dist:database_sha256": db_sha,
         "range_dist:database_rows": database.rows,
         "range_dist:database_origin": db_info.get("origin", "unknown"),
