@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,16 +73,30 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def s3_env(workdir: Path) -> Iterator[dict[str, str]]:
+    """For the snippets that read ``s3://cubes/runs/cube.zarr``: a real S3 server (SeaweedFS) holding the
+    README's cube there, and the ``AWS_*`` variables a user would have exported."""
+    from range_dist.testing.s3 import SeaweedS3
+
+    with SeaweedS3(workdir / "s3server") as server:
+        server.create_bucket("cubes")
+        server.filesystem().put(str(workdir / CUBE_NAMES[0]), "cubes/runs/cube.zarr", recursive=True)
+        yield server.env()
+
+
 def test_readme_has_python_snippets() -> None:
     assert SNIPPETS, f"no ```python block found in {README}"
 
 
 @pytest.mark.parametrize(("line", "code"), SNIPPETS, ids=[f"README.md:{line}" for line, _ in SNIPPETS])
-def test_readme_snippet_runs(line: int, code: str, workdir: Path) -> None:
+def test_readme_snippet_runs(line: int, code: str, workdir: Path, request: pytest.FixtureRequest) -> None:
     # padded with blank lines so that a traceback's line numbers are the README's own
     script = workdir / f"README_line{line}.py"
     script.write_text("\n" * (line - 1) + code, encoding="utf-8")
     env = dict(os.environ)
+    if "s3://" in code:  # the object-storage snippets: a real server, credentials from the environment
+        env.update(request.getfixturevalue("s3_env"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, script.name], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=120)
