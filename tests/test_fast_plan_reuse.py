@@ -103,6 +103,19 @@ def test_only_spacings_that_could_pay_for_the_calls_are_probed() -> None:
     assert paying_spacings(coarse, SPACING_LADDER["sem"]) == () and paying_spacings(coarse, SPACING_LADDER["geo"]) == ()
 
 
+def test_a_grid_too_coarse_for_any_lattice_still_tries_the_pca_basis(
+        location_encoder: SatCLIPLocationEncoder) -> None:
+    """No lattice pays for 1° cells in 8-cell tiles, but a low-rank database's PCA basis does."""
+    rng = np.random.default_rng(7)
+    m = 2000
+    locs = np.stack([rng.uniform(-180, 180, m), np.degrees(np.arcsin(rng.uniform(-1, 1, m)))], axis=1)
+    values = rng.normal(size=(m, 12)) @ rng.normal(size=(12, 1024)) + 1e-5 * rng.normal(size=(m, 1024))
+    encoder = RangeEncoder(location_encoder, RetrievalDatabase(locs, rng.normal(size=(m, 256)), values))
+    call = _tile(0.0, 40.0, 1.0, 8)
+    plan = plan_fast(encoder.retrieval_context(), call, BETAS, 1e-3, workload=Workload(10_000 * len(call), call))
+    assert plan.spacing == {} and plan.value_rank is not None, (plan.fallback, plan.describe())
+
+
 # ---------------------------------------------------------------- the grid job
 def test_grid_job_falls_back_saves_the_decision_and_a_resume_reuses_it(
         tmp_path: Path, sample_assets: tuple[Path, Path]) -> None:
@@ -115,8 +128,7 @@ def test_grid_job_falls_back_saves_the_decision_and_a_resume_reuses_it(
     log = io.StringIO()
     report = embed_grid(fast_cfg, log=log)
     printed = log.getvalue()
-    # 64 cells per 8° tile: even a 15° lattice needs as many exact evaluations as the tile's cells
-    assert "fast mode -> exact: no lattice can pay at this grid's density" in printed
+    assert "fast mode -> exact: the run is too small for the fast mode to pay" in printed
     assert "fast mode fell back to exact:" in printed  # in the run report too
     assert report.fast_plan is not None and report.fast_plan["mode"] == "exact"
     cube = xr.open_zarr(fast_cfg.out)

@@ -294,12 +294,9 @@ def plan_fast(
                         estimate=estimate)
 
     # the spacings worth probing per head: all of the ladder, or those that could pay for the run's calls
+    # (none on a grid too coarse for any lattice: then only the PCA basis is tried, which may still pay)
     ladders = {h: SPACING_LADDER[h] if workload is None else paying_spacings(workload.call, SPACING_LADDER[h])
                for h in settings.heads}
-    if workload is not None and not any(ladders.values()):
-        return fallback(f"no lattice can pay at this grid's density: even the coarsest lattice spacings "
-                        f"({', '.join(f'{h} {SPACING_LADDER[h][0]:g}°' for h in settings.heads)}) need as many "
-                        f"exact evaluations as a call of {len(workload.call):,} points", {})
     with torch.no_grad():
         selection_features = _feature_costs(context, selection, costs)
         if workload is not None:  # can this run pay for planning at all?
@@ -359,8 +356,9 @@ def plan_fast(
         if basis is None and not spacing and workload is not None and any(
                 len(ladders[h]) < len(SPACING_LADDER[h]) for h in settings.heads):
             tried = ", ".join(f"{h} down to {ladders[h][-1]:g}°" for h in settings.heads if ladders[h])
-            return fallback("no approximation fits the tolerance at a spacing that could pay for this grid's "
-                            f"calls (tried {tried})", {})
+            return fallback("no approximation fits the tolerance and pays for this grid's calls: no PCA basis "
+                            "of the values within it, and " + (f"no lattice (tried {tried})" if tried else
+                                                                 "no lattice pays at this grid's density"), {})
         if basis is None and not spacing:
             raise ToleranceError(
                 f"fast mode cannot meet tolerance {tolerance:g} on this run's points: neither a PCA basis of at "
