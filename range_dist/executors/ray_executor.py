@@ -213,12 +213,11 @@ class TileWorker:
                 "payload_bytes": self.payload_bytes}
 
     def _after_tile(self) -> None:
-        # two calls run at once (max_concurrency=2): each passes its own count, not the attribute,
-        # which the other call may have bumped in between
+        # two calls run at once (max_concurrency=2): the count and the fault hook go together under
+        # the lock, so the hook sees 1, 2, ... in order (a kill after N tiles happens at N, not N + 1)
         with self._count_lock:
             self.tiles_done += 1
-            done = self.tiles_done
-        fault_injection.after_tile(done, self.reconstructed)  # no-op outside tests
+            fault_injection.after_tile(self.tiles_done, self.reconstructed)  # no-op outside tests
         # RANGE_DIST_TEST_FAULTS sleep_after_batch also slows tiles, so that a test can lose a node
         # mid-run (no-op outside tests)
         fault_injection.after_batch()
