@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import torch
 
 from range_dist.database.store import RetrievalDatabase
@@ -51,3 +52,14 @@ def random_points(n: int, seed: int = 0) -> npt.NDArray[np.float64]:
     pts = np.stack([rng.uniform(-180, 180, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))], axis=1)
     special = np.array([[0.0, 90.0], [0.0, -90.0], [180.0, 0.0], [-180.0, 0.0], [-180.0, 45.0], [179.9999, -89.9]])
     return np.concatenate([pts, special])
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI on ``argv``: it must exit 2 with exactly one ``error:`` line and no traceback; that line."""
+    from range_dist.cli.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

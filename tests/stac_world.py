@@ -81,9 +81,10 @@ def make_world(root: Path) -> World:
     return World(root, cogs, http, stac, specs, locations, key_ckpt, value_ckpt, collection, ndjson)
 
 
-def build_config(world: World, out: Path, **kw: object) -> BuildConfig:
-    """A small CPU build of the world's locations into ``out`` (``kw`` overrides, e.g. ``stac_url``)."""
-    locs = out.with_suffix(".parquet")
+def build_config(world: World, out: Path | str, **kw: object) -> BuildConfig:
+    """A small CPU build of the world's locations into ``out`` (a path or a store URL; ``kw`` overrides,
+    e.g. ``stac_url``)."""
+    locs = out.with_suffix(".parquet") if isinstance(out, Path) else world.root / "locations.parquet"
     if not locs.exists():
         write_locations(world.locations, locs)
     base = {"locations": locs, "out": out, "stac_url": world.stac.url, "datetime": None, "key_encoder":

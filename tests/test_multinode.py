@@ -8,7 +8,8 @@ End to end on object storage (a real S3 server, SeaweedFS, on 127.0.0.1): ``embe
 s3://BUCKET/cube.zarr`` submitted to the cluster writes the cube from actors on both worker nodes,
 and ``xr.open_zarr(url, storage_options=...)`` equals the clean local cube; so does the same job
 with a worker node lost mid-run, and with its driver SIGKILLed mid-run and the same command
-resubmitted (it takes the dead driver's lease over and computes only the missing tiles).
+resubmitted (it takes the dead driver's lease over and computes only the missing tiles). The database
+build (read tasks on both nodes, its encoder actor's node lost mid-build) writes into the bucket too.
 
 Credentials reach the driver and the actors through the nodes' environment (``AWS_*`` set for
 every ``ray start``, as a Kubernetes secret mounted in every pod does on a real cluster), not
@@ -44,19 +45,13 @@ from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.testing.ray_cluster import BIN, LocalRayCluster
 from range_dist.testing.s3 import SeaweedS3
 from range_dist.util.lease import read_holder
+from range_dist.util.stores import StoreLocation
 from tests.stac_world import World, build_config, make_world
 
 REPO = Path(__file__).resolve().parents[1]
 # 18 × 36 cells in 3 × 3 tiles: 72 tiles, enough for two nodes to share and to lose one mid-run
 SETTINGS = {"resolution": 10.0, "tile_size": 3, "chunk_size": 3, "betas": (0.0, 0.5, 1.0)}
 TILES = 72
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    # one S3 server for the module; a missing `weed` binary is an error here, never a skip
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +68,6 @@ def s3_env(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
     """This process too (the test reads the tile record and the lease from the bucket)."""
     for name, value in s3.env("admin").items():
         monkeypatch.setenv(name, value)
-
-
-_buckets = iter(range(1000))
-
-
-@pytest.fixture
-def bucket(s3: SeaweedS3) -> str:
-    name = f"multinode-{os.getpid()}-{next(_buckets)}"
-    s3.create_bucket(name)
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -305,17 +290,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     built.close()
 
 
-def _rows_by_id(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _rows_by_id(path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     db = RetrievalDatabase.open(path)
     return {str(i): (db.keys[k], db.values[k]) for k, i in enumerate(db.provenance["location_id"])}
 
 
 def test_build_db_loses_the_encoder_node_midrun_and_equals_a_local_build(
-        cluster: LocalRayCluster, world: World, tmp_path: Path) -> None:
+        cluster: LocalRayCluster, world: World, tmp_path: Path, s3_env: None, bucket: str) -> None:
     _both_workers(cluster)  # the grid tests above lost a node: this test starts with two again
     local = tmp_path / "local.zarr"
     build_database(build_config(world, local), quiet=True)
-    out = tmp_path / "multinode-db.zarr"
+    out = f"s3://{bucket}/multinode-db.zarr"  # the database goes straight into the bucket
     cfg = build_config(world, out, executor="ray", ray_address="auto", batch_size=1)
     job = f"range-dist-build-{time.time_ns()}"
     # the driver sleeps after each appended batch, so that the node is lost mid-build
@@ -331,7 +316,8 @@ def test_build_db_loses_the_encoder_node_midrun_and_equals_a_local_build(
         if "ray: encoder actor on node " in logs:
             encoder_node = logs.split("ray: encoder actor on node ", 1)[1][:8]
         try:
-            meta: Any = zarr.open_group(str(out), mode="r").attrs["range_dist_database"]
+            meta: Any = zarr.open_group(StoreLocation.parse(out).zarr_store(read_only=True),
+                                        mode="r").attrs["range_dist_database"]
             rows = int(meta["rows"])
         except Exception:  # not created yet
             rows = 0

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,41 +31,14 @@ from range_dist.cube.store import read_tile_status
 from range_dist.errors import ConfigError, StoreMismatchError
 from range_dist.executors import embed_grid
 from range_dist.jobs.grid.config import GridJobConfig
-from range_dist.testing.s3 import SeaweedS3
-from range_dist.util import stores
+from range_dist.testing.s3 import AWS_VARS, SeaweedS3
 from range_dist.util.lease import StoreBusyError, StoreLease, read_holder
 from range_dist.util.stores import StoreLocation
+from tests.helpers import one_line_error
 
 BETAS = (0.0, 0.5, 1.0)
-AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    # a missing `weed` binary raises here: an error of every test in this file, never a skip
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def aws_env(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The admin key and the server's endpoint in the standard environment; no options left registered."""
-    for name in AWS_VARS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3.env("admin").items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(stores, "_REGISTERED", {})
-
-
-_buckets = iter(range(1000))
-
-
-@pytest.fixture
-def bucket(s3: SeaweedS3) -> str:
-    name = f"cubes-{os.getpid()}-{next(_buckets)}"
-    s3.create_bucket(name)
-    return name
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +130,7 @@ def test_locations_parse_to_local_paths_or_urls(tmp_path: Path) -> None:
     assert loc.sibling(".lease").url == "s3://Bucket/c.zarr.lease"
     cfg = GridJobConfig(out="s3://b/c.zarr", storage_options={"secret": "xyz-very-secret", "endpoint_url": "http://h"})
     assert cfg.out == "s3://b/c.zarr" and "xyz-very-secret" not in repr(cfg)
-    with pytest.raises(ConfigError, match="overviews are built on local stores only"):
-        GridJobConfig(out="s3://b/c.zarr", overviews=2.0)
+    assert GridJobConfig(out="s3://b/c.zarr", overviews=2.0).overviews == 2.0  # built in the bucket too
 
 
 # ------------------------------------------------------------------ the grid job
@@ -283,31 +254,23 @@ def test_server_stopped_mid_run_is_a_clear_error_and_a_rerun_completes(
 # ------------------------------------------------------------------ fault messages
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_fault_messages(s3: SeaweedS3, bucket: str, config: GridJobConfig, monkeypatch: pytest.MonkeyPatch,
                         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     base = ["embed-grid", "--satclip", str(config.satclip), "--db", str(config.db), "--resolution", "30",
             "--tile-size", "6", "--chunk-size", "3", "--executor", "local"]
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    line = _one_line_error(capsys, [*base, "--out", f"s3://{bucket}/c.zarr", "--dry-run"])
+    line = one_line_error(capsys, [*base, "--out", f"s3://{bucket}/c.zarr", "--dry-run"])
     assert "refused the credentials" in line and "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in line
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.keys["admin"].secret_key)
 
-    line = _one_line_error(capsys, [*base, "--out", "s3://no-such-bucket-here/c.zarr", "--dry-run"])
+    line = one_line_error(capsys, [*base, "--out", "s3://no-such-bucket-here/c.zarr", "--dry-run"])
     assert "bucket 'no-such-bucket-here' does not exist at " + s3.endpoint in line
     assert f"aws s3 mb s3://no-such-bucket-here --endpoint-url {s3.endpoint}" in line
 
     for name, value in s3.env("reader").items():  # a key that may list and read, not write
         monkeypatch.setenv(name, value)
-    line = _one_line_error(capsys, [*base, "--out", f"s3://{bucket}/c.zarr"])
+    line = one_line_error(capsys, [*base, "--out", f"s3://{bucket}/c.zarr"])
     assert "lacks write permission on bucket" in line and bucket in line
     assert s3.filesystem().find(bucket) == []  # refused at the lease, the run's first write: nothing written
     for name, value in s3.env("admin").items():
@@ -315,11 +278,11 @@ def test_fault_messages(s3: SeaweedS3, bucket: str, config: GridJobConfig, monke
 
     port = _closed_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    line = _one_line_error(capsys, [*base, "--out", f"s3://{bucket}/c.zarr", "--dry-run"])
+    line = one_line_error(capsys, [*base, "--out", f"s3://{bucket}/c.zarr", "--dry-run"])
     assert f"cannot reach the object store at http://127.0.0.1:{port}" in line
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
 
-    line = _one_line_error(capsys, ["map", "s3://no-such-bucket-here/c.zarr", "--out", str(tmp_path / "m.png")])
+    line = one_line_error(capsys, ["map", "s3://no-such-bucket-here/c.zarr", "--out", str(tmp_path / "m.png")])
     assert "bucket 'no-such-bucket-here' does not exist" in line
 
 

@@ -32,33 +32,19 @@ from range_dist.executors import embed_grid
 from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.jobs.grid.plan import load_inputs
 from range_dist.testing.s3 import SeaweedS3
-from range_dist.util import downloads, stores
+from range_dist.util import downloads
 from range_dist.util.downloads import fetch_input, parse_remote
 
 BETAS = (0.0, 0.5, 1.0)
-AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    # a missing `weed` binary raises here: an error of every test in this file, never a skip
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
-def env(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The admin key and endpoint in the standard environment; a fresh cache folder per test."""
-    for name in AWS_VARS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3.env("admin").items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(stores, "_REGISTERED", {})
+def env(aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The admin key and endpoint in the standard environment (``aws_env``); a fresh cache folder per test."""
     monkeypatch.setenv("RANGE_DIST_CACHE", str(tmp_path / "cache"))
 
 
@@ -183,9 +169,9 @@ def test_a_wrong_sha256_pin_is_refused_and_nothing_is_cached(
     ckpt, _ = sample_assets
     wrong = "0" * 64
     argv = ["embed-grid", "--satclip", f"{ckpt_url}#sha256={wrong}", "--db", db_url, "--resolution", "10",
-            "--tile-size", "6", "--chunk-size", "3", "--executor", "local", "--out", str(tmp_path / "c.zarr"),
-            "--dry-run"]
-    assert main(argv) == 2
+            "--tile-size", "6", "--chunk-size", "3", "--executor", "local", "--out", str(tmp_path / "c.zarr")]
+    assert main(argv) == 2  # a real run: refused before anything is written
+    assert not (tmp_path / "c.zarr").exists()
     err = capsys.readouterr().err
     assert "SHA-256 mismatch" in err and _sha(ckpt) in err and wrong in err and "nothing was used" in err
     entry = parse_remote(ckpt_url)
@@ -265,6 +251,36 @@ def test_http_download_of_an_npz_database(http_root: tuple[str, Path], sample_as
     with pytest.raises(AssetError) as info:
         fetch_input(f"{base}/missing.ckpt?X-Amz-Signature=s3cr3t", "--satclip")
     assert "s3cr3t" not in str(info.value) and "missing.ckpt?…" in str(info.value)
+
+
+# ------------------------------------------------------------------ a dry run downloads nothing it keeps
+
+
+def test_dry_runs_with_url_inputs_leave_the_cache_empty(
+        urls: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt_url, db_url = urls
+    cube = tmp_path / "cube.zarr"
+    assert main(["embed-grid", "--satclip", ckpt_url, "--db", db_url, "--resolution", "10", "--tile-size", "6",
+                 "--chunk-size", "3", "--executor", "local", "--out", str(cube), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "embed-grid plan:" in out and ckpt_url in out
+    assert f"dry run: read {ckpt_url}, {db_url} from a temporary download, removed again" in out
+    points = tmp_path / "points.csv"
+    points.write_text("lon,lat\n10,45\n")
+    assert main(["embed-points", "--satclip", ckpt_url, "--db", db_url, "--points", str(points),
+                 "--out", str(tmp_path / "emb.npz"), "--dry-run"]) == 0
+    assert main(["import-db", db_url, "--out", str(tmp_path / "db.zarr"), "--dry-run"]) == 0
+    assert "embed-points plan:" in capsys.readouterr().out
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
+    assert not cube.exists() and not (tmp_path / "emb.npz").exists() and not (tmp_path / "db.zarr").exists()
+    # a copy already in the cache is used by a dry run (verified), and stays
+    fetch_input(ckpt_url, "--satclip")
+    before = _cache_state(cache)
+    assert main(["embed-grid", "--satclip", ckpt_url, "--db", db_url, "--resolution", "10", "--tile-size", "6",
+                 "--chunk-size", "3", "--executor", "local", "--out", str(cube), "--dry-run"]) == 0
+    assert f"dry run: read {db_url} from a temporary download" in capsys.readouterr().out
+    assert _cache_state(cache) == before
 
 
 # ------------------------------------------------------------------ embed-points shares the loading

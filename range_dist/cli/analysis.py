@@ -54,6 +54,13 @@ def run_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_checkpoint(value: Path | str) -> Path:
+    """The checkpoint's local file: the path, or a URL's copy in the cache (downloaded once, SHA-256 checked)."""
+    from range_dist.util.downloads import fetch_input
+
+    return fetch_input(value, "--satclip").path
+
+
 def _range_encoders(args: argparse.Namespace) -> list[Any]:
     from range_dist.analysis.probes import cube_encoder, range_encoder
 
@@ -69,7 +76,7 @@ def _range_encoders(args: argparse.Namespace) -> list[Any]:
             raise ConfigError("--db needs --satclip CKPT (RANGE queries the database with SatCLIP embeddings)")
         from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder
 
-        location = load_satclip_location_encoder(args.satclip, trust=args.trust_checkpoint)
+        location = load_satclip_location_encoder(_local_checkpoint(args.satclip), trust=args.trust_checkpoint)
         enc = RangeEncoder(location, RetrievalDatabase.open(args.db),
                            variant=args.variant, device=args.device)
         betas = list(parse_betas(args.betas or "0.5")) if args.variant == "range+" else [0.5]
@@ -91,7 +98,7 @@ def run_probe(args: argparse.Namespace) -> int:
     if satclip is not None and "satclip" in baseline_names:
         from range_dist import load_satclip_location_encoder
 
-        satclip = load_satclip_location_encoder(satclip, trust=args.trust_checkpoint)
+        satclip = load_satclip_location_encoder(_local_checkpoint(satclip), trust=args.trust_checkpoint)
     encoders = baseline_encoders(baseline_names, satclip=satclip, skipped=skipped) + _range_encoders(args)
     if not encoders:
         raise ConfigError("nothing to probe: pass --cube CUBE, --satclip CKPT --db DB, and/or --baselines "
@@ -166,10 +173,12 @@ def add_parsers(subparsers: Any) -> None:
                    help="comma-separated: landocean, koppen, country, checkerboard[:K] (K support points)")
     p.add_argument("--cube", type=Path, default=None, help="probe RANGE embeddings sampled from this cube")
     p.add_argument("--method", choices=["nearest", "bilinear"], default="bilinear", help="cube sampling")
-    p.add_argument("--satclip", type=Path, default=None, help="SatCLIP checkpoint (satclip baseline, RANGE)")
+    p.add_argument("--satclip", type=Path, default=None,
+                   help="SatCLIP checkpoint (satclip baseline, RANGE): a local path or a URL (downloaded once)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that needs full pickle loading (can run code: only files you know)")
-    p.add_argument("--db", type=Path, default=None, help="retrieval database: probe RANGE computed directly")
+    p.add_argument("--db", type=Path, default=None,
+                   help="retrieval database: probe RANGE computed directly (a local path or a URL, as embed-grid)")
     p.add_argument("--variant", choices=["range+", "range"], default="range+")
     p.add_argument("--betas", default=None, help="β level(s) to probe (default: the cube's, or 0.5)")
     p.add_argument("--device", default="cpu")

@@ -47,18 +47,20 @@ def _print_db_info(db: Any, sample: int) -> None:
 def run_import_db(args: argparse.Namespace) -> int:
     """Import a published-layout .npz database into the Zarr form."""
     from range_dist.database import RetrievalDatabase
+    from range_dist.util.stores import StoreLocation
 
-    if Path(args.out).suffix != ".zarr":
+    out = StoreLocation.parse(args.out, "--out")
+    if not out.name.endswith(".zarr"):
         raise ConfigError(f"--out {args.out}: the database store must end in .zarr")
-    check_output_location(args.out, overwrite=args.overwrite)
+    check_output_location(out, overwrite=args.overwrite)
     db = RetrievalDatabase.open(args.npz)
     if args.dry_run:
-        print(f"import-db plan: read {args.npz} ({db.rows} rows); write {args.out}"
-              f"{' (replacing it)' if args.out.exists() else ''}")
+        print(f"import-db plan: read {args.npz} ({db.rows} rows); write {out}"
+              f"{' (replacing it)' if out.exists() else ''}")
         return 0
-    db.to_zarr(args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}")
-    _print_db_info(RetrievalDatabase.open(args.out), args.sample)
+    written = db.to_zarr(out, overwrite=args.overwrite)
+    print(f"wrote {written}")
+    _print_db_info(RetrievalDatabase.open(out.as_arg()), args.sample)
     return 0
 
 
@@ -137,8 +139,12 @@ def add_parsers(sub: Any) -> None:
         return p
 
     p = add("import-db", run_import_db)
-    p.add_argument("npz", type=Path, help="published-layout database (.npz)")
-    p.add_argument("--out", type=Path, required=True, help="Zarr database to write (.zarr)")
+    p.add_argument("npz", type=Path,
+                   help="published-layout database (.npz): a local path, or an s3://, gs://, az://, https:// URL "
+                        "(downloaded once into the cache, SHA-256 checked; pin with #sha256=HEX)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="Zarr database to write (.zarr): a local path, or s3://, gs://, az:// (credentials from the "
+                        "environment)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--sample", type=int, default=2000, help="rows used by the alignment check")
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")

@@ -99,17 +99,6 @@ def run_embed_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_argument(value: str) -> Path | str:
-    """An input file argument: a local Path, or URL text (``Path()`` would drop its ``//``)."""
-    from range_dist.errors import ConfigError
-    from range_dist.util.downloads import parse_input
-
-    try:
-        return parse_input(value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def add_parsers(sub: Any) -> None:
     """Register the embedding commands."""
     from range_dist.config.schema import add_arguments
@@ -117,10 +106,10 @@ def add_parsers(sub: Any) -> None:
     from range_dist.jobs.grid.config import GridJobConfig
 
     p = sub.add_parser("embed-points", help=run_embed_points.__doc__, description=run_embed_points.__doc__)
-    p.add_argument("--satclip", type=_input_argument, required=True,
+    p.add_argument("--satclip", type=Path, required=True,
                    help="SatCLIP checkpoint (.ckpt or .safetensors): a local path, or an s3://, gs://, az://, "
                         "https:// URL (downloaded once into the cache, SHA-256 checked; pin with #sha256=HEX)")
-    p.add_argument("--db", type=_input_argument, required=True,
+    p.add_argument("--db", type=Path, required=True,
                    help="retrieval database (.npz or .zarr): a local path, or a URL (an .npz is downloaded like "
                         "--satclip; a .zarr on s3://, gs://, az:// is read in place)")
     p.add_argument("--variant", choices=VARIANTS, default="range+")

@@ -26,14 +26,33 @@ from range_dist.util.stores import StoreLocation
 Handler = Callable[[argparse.Namespace], int]
 
 #: (command, argument) pairs that accept an object-store URL (``s3://``, ``gs://``, ``az://``) as well as a
-#: local path: the cube a command reads. Every other ``type=Path`` argument is local only. (``embed-grid
-#: --out`` is a job setting: ``GridJobConfig.out`` parses it.)
-STORE_ARGUMENTS = frozenset({("map", "cube"), ("sample", "cube"), ("similar", "cube")})
+#: local path: the store a command reads or writes in place. Every other ``type=Path`` argument is local only.
+#: (``embed-grid --out`` and ``build-db --out`` are job settings: their configs parse them.)
+STORE_ARGUMENTS = frozenset({
+    ("map", "cube"), ("sample", "cube"), ("similar", "cube"), ("export-cog", "cube"), ("overviews", "cube"),
+    ("stac", "cube"), ("probe", "cube"), ("verify", "db"), ("import-db", "out"),
+})
+#: (command, argument) pairs of input files that may also be URLs (downloaded once into the cache, SHA-256
+#: checked; a Zarr database on object storage is read in place): :func:`range_dist.util.downloads.parse_input`.
+INPUT_ARGUMENTS = frozenset({
+    ("embed-points", "satclip"), ("embed-points", "db"), ("probe", "satclip"), ("probe", "db"),
+    ("db-info", "db"), ("export-db", "db"), ("import-db", "npz"),
+})
 
 
 def _path_argument(value: str) -> Path:
     try:
         return local_path(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _input_argument(value: str) -> Path | str:
+    """An input file argument: a local Path, or URL text (``Path()`` would drop its ``//``)."""
+    from range_dist.util.downloads import parse_input
+
+    try:
+        return parse_input(value)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -79,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         for action in subparser._actions:  # argparse keeps no public list of a parser's arguments
             if (command, action.dest) in STORE_ARGUMENTS:
                 action.type = _store_argument
+            elif (command, action.dest) in INPUT_ARGUMENTS:
+                action.type = _input_argument
     return parser
 
 
@@ -91,6 +112,22 @@ def _quiet_abandoned_coroutines(unraisable: Any) -> None:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Interrupted("terminated (SIGTERM)", exit_code=128 + signum)
+
+
+def _dry_run(handler: Handler, args: argparse.Namespace) -> int:
+    """A ``--dry-run``: inputs given as URLs and not in the cache are read from a temporary copy, not kept.
+
+    The plan needs what is inside them (the checkpoint's degree, the database's rows); "a dry run touches
+    nothing" includes the download cache.
+    """
+    from range_dist.util.downloads import transient_downloads
+
+    with transient_downloads() as fetched:
+        code = handler(args)
+    if fetched:
+        print(f"dry run: read {', '.join(fetched)} from a temporary download, removed again (not kept in the cache; "
+              "the real run downloads it once)")
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM unwinds like Ctrl-C: the jobs stop dispatching and report what is done
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return handler(args)
+        if not getattr(args, "dry_run", False):
+            return handler(args)
+        return _dry_run(handler, args)
     except Interrupted as exc:
         print(f"range-dist {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code

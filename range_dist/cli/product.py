@@ -37,22 +37,25 @@ def _replace(path: Path, overwrite: bool) -> None:
 
 def run_overviews(args: argparse.Namespace) -> int:
     """``range-dist overviews CUBE [--min-resolution DEG]``."""
-    from range_dist.cube.overviews import build_overviews, plan_levels, root_level
+    from range_dist.cube.overviews import OVERVIEWS_GROUP, build_overviews, plan_levels, root_level
+    from range_dist.util.stores import StoreLocation
 
-    root = root_level(args.cube)
+    # a local path or an object-store URL (a Path made of a URL is read back as the URL it was)
+    cube = StoreLocation.parse(args.cube, "CUBE")
+    root = root_level(cube)
     levels = plan_levels(root, args.min_resolution)
     if args.dry_run:
         desc = ", ".join(f"{s.level}: {s.resolution:g}° {s.shape[0]}x{s.shape[1]}" for s in levels) or "none"
-        print(f"overviews plan: {args.cube} ({root.resolution:g}°, {root.shape[0]}x{root.shape[1]}) -> levels {desc}")
+        print(f"overviews plan: {cube} ({root.resolution:g}°, {root.shape[0]}x{root.shape[1]}) -> levels {desc}")
         return 0
     if not levels:
         print(f"no overview level: the next one ({root.resolution * 2:g}°) is coarser than --min-resolution "
               f"{args.min_resolution:g}°")
         return 0
-    for report in build_overviews(args.cube, min_resolution=args.min_resolution):
+    for report in build_overviews(cube, min_resolution=args.min_resolution):
         print(f"level {report.level}: {report.resolution:g}° {report.shape[0]}x{report.shape[1]} cells; tiles "
               f"computed {report.computed}, skipped {report.skipped}, already done {report.already_done}")
-    print(f"wrote {args.cube}/overviews (multiscales recorded on the root)")
+    print(f"wrote {cube.child(OVERVIEWS_GROUP)} (multiscales recorded on the root)")
     return 0
 
 
@@ -61,6 +64,7 @@ def run_stac(args: argparse.Namespace) -> int:
     from range_dist.cube.stac import write_catalog
 
     check_output_location(args.out, overwrite=args.overwrite)
+    # the cube as given (a local path or URL text): write_catalog reads it in place, --out stays local
     files = write_catalog(args.cube, args.out, href=args.href, item_id=args.id, collection_id=args.collection)
     print(f"wrote {files.collection} and {files.item}; serve it with: rustac serve {files.api_collection} "
           f"{files.api_items}")

@@ -8,10 +8,12 @@ value means the same thing and fails with the same message wherever it is given.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from range_dist.errors import ConfigError
+from range_dist.util.stores import StoreLocation
 
 if TYPE_CHECKING:
     import torch
@@ -125,3 +127,35 @@ def resolve_device(value: str | torch.device) -> torch.device:
         if index and int(index) >= torch.cuda.device_count():
             raise ConfigError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s) exist here")
     return torch.device(text)
+
+
+def parse_store(value: Any) -> Path | str:
+    """A store setting: a local Path, or object-store URL text (``s3://``, ``gs://``, ``az://``).
+
+    A URL stays text: ``Path()`` would drop its ``//`` (``s3:/bucket/...``), a local folder. Other URL
+    schemes are refused (:meth:`StoreLocation.parse`).
+    """
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(value)
+    return StoreLocation.parse(value, "out").as_arg()
+
+
+def parse_storage_options(value: Any) -> tuple[tuple[str, str], ...]:
+    """``storage_options``: a mapping of fsspec option names to text, numbers or true/false.
+
+    The messages name the option, never its value (the values may be secrets).
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError("storage_options must be a mapping of option names to values, e.g. "
+                          "{endpoint_url: 'http://127.0.0.1:8333'}")
+    pairs = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError("storage_options: option names must be text")
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        if not isinstance(item, str | int | float):
+            raise ConfigError(f"storage_options: the value of {name!r} must be text, a number or true/false "
+                              "(nested options are not supported)")
+        pairs[name] = str(item)
+    return tuple(sorted(pairs.items()))

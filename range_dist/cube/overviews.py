@@ -26,12 +26,15 @@ which is exact for every β because the β blend is linear.
 Resumable: a level's tiles are written one whole shard at a time and marked in its record after
 the data; a rerun skips done tiles and done levels. A level is read from the level below in strips
 of rows (at most ``read_budget`` bytes decoded at once), never the whole cube.
+
+The cube may be a local folder or an object-store URL (``s3://``, ``gs://``, ``az://``): every read and
+write goes through :class:`~range_dist.util.stores.StoreLocation`, and an object-store failure is one
+line (:meth:`StoreLocation.errors`). A level's shard is one object written whole, as in the root.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ from range_dist.cube.store import (
 from range_dist.errors import ConfigError, StoreMismatchError, StoreWriteError
 from range_dist.grid.spec import TileKey
 from range_dist.util.jsonable import to_jsonable
+from range_dist.util.stores import StoreLocation
 
 OVERVIEWS_GROUP = "overviews"
 OVERVIEW_KEY = "range_dist:overview"
@@ -173,30 +177,43 @@ def coarsen_nanmean(block: npt.NDArray[np.floating], lat_axis: int, lon_axis: in
 # ----------------------------------------------------------------------------------------------- store I/O
 
 
-def _open_group(path: Path, mode: str = "r") -> Any:
+def _open_group(loc: StoreLocation, mode: str = "r") -> Any:
     import zarr
 
-    # never the consolidated metadata: it is stale while levels are being added
-    return zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+    with loc.errors("opening", writing=mode != "r"):
+        # never the consolidated metadata: it is stale while levels are being added
+        return zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode,  # type: ignore[arg-type]
+                               use_consolidated=False)
+
+
+def _at(root: StoreLocation, spec: LevelSpec) -> StoreLocation:
+    """The group of a level: the root itself for level 0 (``child(".")`` would name an object ``.``)."""
+    return root if spec.level == 0 else root.child(spec.path)
 
 
 def _dims(arr: Any) -> tuple[str, ...]:
     return tuple(arr.metadata.dimension_names or ())
 
 
-def root_level(path: Path) -> LevelSpec:
+def root_level(path: str | Path | StoreLocation) -> LevelSpec:
     """Level 0 of a cube, from its ``lat`` / ``lon`` coordinates (and ``range_dist:grid`` for a 1-cell axis).
+
+    Args:
+        path: the cube: a local path, or an object-store URL (``s3://bucket/cube.zarr``).
 
     Raises:
         ConfigError: the path is not a cube (no group, no lat/lon, or an irregular grid).
+        ObjectStoreError: the object store refused or could not serve the reads.
     """
-    path = Path(path)
+    path = StoreLocation.parse(path, "cube")
+    path.check_bucket()  # a missing bucket or a refused key is named as such, not as a missing cube
     if not path.exists():
         raise ConfigError(f"cube {path} does not exist; pass the .zarr store written by `range-dist embed-grid`")
     try:
         group = _open_group(path)
-        lat = np.asarray(group["lat"][...], dtype=np.float64)
-        lon = np.asarray(group["lon"][...], dtype=np.float64)
+        with path.errors("reading the coordinates of"):
+            lat = np.asarray(group["lat"][...], dtype=np.float64)
+            lon = np.asarray(group["lon"][...], dtype=np.float64)
     except (OSError, ValueError, KeyError) as exc:  # no group (GroupNotFoundError is both), no lat/lon
         raise ConfigError(f"cube {path} is not a range-dist cube ({type(exc).__name__}: {exc}); pass the .zarr "
                           "store written by `range-dist embed-grid`") from exc
@@ -272,8 +289,13 @@ def _level_attrs(root_attrs: dict[str, Any], spec: LevelSpec) -> dict[str, Any]:
     return dict(to_jsonable(attrs))
 
 
-def _create_level(root: Path, spec: LevelSpec, tile: int) -> None:
+def _create_level(root: StoreLocation, spec: LevelSpec, tile: int) -> None:
     """Create ``overviews/<k>``: every root array re-shaped for the level, empty records, attributes."""
+    with root.errors(f"creating overview level {spec.level} in", writing=True):
+        _create_level_arrays(root, spec, tile)
+
+
+def _create_level_arrays(root: StoreLocation, spec: LevelSpec, tile: int) -> None:
     src = _open_group(root)
     # an explicit parent group: Zarr v3 has no implicit groups, and consolidation must find the levels
     parent = _open_group(root, mode="r+").require_group(OVERVIEWS_GROUP)
@@ -337,18 +359,19 @@ class LevelReport:
     already_done: int
 
 
-def _matching_level(root: Path, spec: LevelSpec, signature: Any) -> bool:
-    path = root / spec.path
-    if not (path / "zarr.json").exists():
+def _matching_level(root: StoreLocation, spec: LevelSpec, signature: Any) -> bool:
+    loc = _at(root, spec)
+    # is_object: one request on an object store (a "folder" there is only the objects under it)
+    if not loc.child("zarr.json").is_object():
         return False
     try:
-        attrs = dict(_open_group(path).attrs)
+        attrs = dict(_open_group(loc).attrs)
     except (OSError, ValueError):
         return False
     info = attrs.get(OVERVIEW_KEY) or {}
     return bool(info.get("root_signature") == to_jsonable(signature) and info.get("level") == spec.level
                 and list(attrs.get("spatial:shape", [])) == list(spec.shape)
-                and (path / "tile_status").exists())
+                and loc.child("tile_status/zarr.json").is_object())
 
 
 def multiscales_attrs(levels: list[LevelSpec]) -> dict[str, Any]:
@@ -369,7 +392,7 @@ def multiscales_attrs(levels: list[LevelSpec]) -> dict[str, Any]:
     return dict(zarr_cm.multiscales.create(layout=tuple(layout), resampling_method="mean"))
 
 
-def _check_root_complete(root: Path) -> None:
+def _check_root_complete(root: StoreLocation) -> None:
     from range_dist.cube.store import read_tile_status
 
     status = read_tile_status(root)
@@ -380,38 +403,43 @@ def _check_root_complete(root: Path) -> None:
             "finished cube: rerun `range-dist embed-grid` with the same settings to finish it first")
 
 
-def _build_level(root: Path, spec: LevelSpec, below: LevelSpec, encoding: CubeEncoding, tile: int,
+def _build_level(root: StoreLocation, spec: LevelSpec, below: LevelSpec, encoding: CubeEncoding, tile: int,
                  read_budget: int, on_tile: Callable[[int, int, int], None] | None) -> LevelReport:
     """Compute the missing tiles of one level from the level below (which is complete)."""
-    below_group = _open_group(root / below.path)
-    level = _open_group(root / spec.path, mode="r+")
-    below_status = np.asarray(below_group["tile_status"][...])
-    status = np.asarray(level["tile_status"][...])
+    here = _at(root, spec)
+    below_group = _open_group(_at(root, below))
+    level = _open_group(here, mode="r+")
+    with root.errors(f"reading the completion records of overview level {spec.level} in"):
+        below_status = np.asarray(below_group["tile_status"][...])
+        status = np.asarray(level["tile_status"][...])
     done, computed, skipped = int((status != TILE_MISSING).sum()), 0, 0
     for r, c, rows, cols in _iter_tiles(spec.shape, tile):
         if status[r, c] != TILE_MISSING:
             continue
         if np.all(below_status[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] == TILE_SKIPPED):  # no land below
-            level["tile_status"][r, c] = TILE_SKIPPED
+            with here.errors(f"recording tile (row {r}, col {c}) in", writing=True):
+                level["tile_status"][r, c] = TILE_SKIPPED
             skipped += 1
         else:
-            block = _average_tile(below_group, encoding, rows, cols, below.shape, read_budget)
+            with root.errors(f"reading overview level {below.level} of"):
+                block = _average_tile(below_group, encoding, rows, cols, below.shape, read_budget)
             # the cube's own tile writer: the same encoding (int8 re-quantised per cell), checksum and record
-            write_tile(root / spec.path, TileKey(r, c, rows.start, rows.stop, cols.start, cols.stop), block,
-                       TILE_COMPUTED)
+            write_tile(here, TileKey(r, c, rows.start, rows.stop, cols.start, cols.stop), block, TILE_COMPUTED)
             computed += 1
         if on_tile is not None:
             on_tile(spec.level, r, c)
     return LevelReport(spec.level, spec.resolution, spec.shape, computed, skipped, done)
 
 
-def _complete(root: Path, spec: LevelSpec, signature: Any) -> bool:
-    return _matching_level(root, spec, signature) and bool(
-        np.all(np.asarray(_open_group(root / spec.path)["tile_status"][...]) != TILE_MISSING))
+def _complete(root: StoreLocation, spec: LevelSpec, signature: Any) -> bool:
+    if not _matching_level(root, spec, signature):
+        return False
+    with root.errors(f"reading the completion record of overview level {spec.level} in"):
+        return bool(np.all(np.asarray(_open_group(_at(root, spec))["tile_status"][...]) != TILE_MISSING))
 
 
 def build_overviews(
-    path: str | Path, *, min_resolution: float = DEFAULT_MIN_RESOLUTION, read_budget: int = READ_BUDGET,
+    path: str | Path | StoreLocation, *, min_resolution: float = DEFAULT_MIN_RESOLUTION, read_budget: int = READ_BUDGET,
     on_tile: Callable[[int, int, int], None] | None = None,
 ) -> list[LevelReport]:
     """Compute (or resume) the overview levels of a finished cube and record them in ``multiscales``.
@@ -421,7 +449,8 @@ def build_overviews(
     ``min_resolution`` left by an earlier run are kept, and listed while they are complete.
 
     Args:
-        path: the cube.
+        path: the cube: a local path, or an object-store URL (``s3://bucket/cube.zarr``; a ``Path`` made of
+            one is read back as the URL).
         min_resolution: coarsest level's largest cell size, degrees.
         read_budget: decoded bytes read from the level below at once.
         on_tile: called with (level, row, column) after each tile is written (progress; tests use it).
@@ -434,30 +463,34 @@ def build_overviews(
         StoreMismatchError: the cube is not finished (tiles missing).
         StoreBusyError: another run holds the store's lease.
         StoreWriteError: a write failed (disk full, …); done tiles are kept and a rerun resumes.
+        ObjectStoreError: an object store refused or could not serve a request (one line; done tiles are kept).
     """
     import zarr
     import zarr_cm
 
     from range_dist.util.lease import StoreLease
 
-    root = Path(path)
+    root = StoreLocation.parse(path, "cube")
     spec0 = root_level(root)
-    if "tile_status" not in _open_group(root):
+    root_group = _open_group(root)
+    with root.errors("reading"):
+        has_record = "tile_status" in root_group
+        signature = root_group.attrs.get(SIGNATURE_KEY)
+        tile = _tile_size(root_group)
+        encoding = read_encoding(root, root_group)
+    if not has_record:
         raise ConfigError(f"cube {root} has no completion record (tile_status); pass a cube written by embed-grid")
     levels = plan_levels(spec0, min_resolution)
     _check_root_complete(root)
-    root_group = _open_group(root)
-    signature = root_group.attrs.get(SIGNATURE_KEY)
-    tile = _tile_size(root_group)
-    encoding = read_encoding(root, root_group)
     reports = []
     with StoreLease(root, f"overviews -> {root}"):
         try:
             chain = [spec0]
             for spec in levels:
                 if not _matching_level(root, spec, signature):
-                    if (root / spec.path).exists():  # made from another root or with another geometry: redo it
-                        shutil.rmtree(root / spec.path)
+                    stale = root.child(spec.path)
+                    if stale.exists():  # made from another root or with another geometry: redo it
+                        stale.remove_tree()
                     _create_level(root, spec, tile)
                 reports.append(_build_level(root, spec, chain[-1], encoding, tile, read_budget, on_tile))
                 chain.append(spec)
@@ -465,29 +498,50 @@ def build_overviews(
                 chain.append(chain[-1].coarser())  # coarser levels of an earlier run stay listed
             updated = zarr_cm.multiscales.insert(dict(root_group.attrs), multiscales_attrs(chain),  # type: ignore[call-overload]
                                                  overwrite=True)
-            _open_group(root, mode="r+").attrs.update({"multiscales": updated["multiscales"],
-                                                       "zarr_conventions": updated["zarr_conventions"]})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec" (xarray reads it)
-                zarr.consolidate_metadata(str(root))
+            with root.errors("recording the overviews of", writing=True):
+                _open_group(root, mode="r+").attrs.update({"multiscales": updated["multiscales"],
+                                                           "zarr_conventions": updated["zarr_conventions"]})
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec" (xarray)
+                    zarr.consolidate_metadata(root.zarr_store())
         except OSError as exc:
             raise StoreWriteError.of(exc, f"writing overviews of {root}", "Finished tiles are kept") from exc
     return reports
 
 
-def level_path(path: str | Path, level: int) -> Path:
+def present_levels(path: str | Path | StoreLocation) -> list[int]:
+    """The overview levels stored in a cube (``overviews/<k>`` with its ``zarr.json``), ascending.
+
+    One listing on an object store (which has no folders to glob: the keys under ``overviews/``).
+    """
+    loc = StoreLocation.parse(path, "cube").child(OVERVIEWS_GROUP)
+    if loc.is_local:
+        root = loc.local
+        return sorted(int(p.name) for p in root.glob("*") if p.name.isdigit()) if root.is_dir() else []
+    return sorted({int(key.split("/")[0]) for key in loc.object_sizes()
+                   if key.count("/") == 1 and key.endswith("/zarr.json") and key.split("/")[0].isdigit()})
+
+
+def level_path(path: str | Path | StoreLocation, level: int) -> Path | str:
     """The group of pyramid level ``level`` (0 = the root).
+
+    Args:
+        path: the cube: a local path or an object-store URL.
+        level: 0 for the root, k for ``overviews/<k>``.
+
+    Returns:
+        The group's local ``Path`` for a local cube, its URL text for a cube on an object store.
 
     Raises:
         ConfigError: no such level (the levels present are named).
+        ObjectStoreError: the object store refused or could not serve the reads.
     """
-    root = Path(path)
+    root = StoreLocation.parse(path, "cube")
     if level == 0:
-        return root
-    target = root / OVERVIEWS_GROUP / str(level)
-    if not (target / "zarr.json").exists():
-        present = sorted(int(p.name) for p in (root / OVERVIEWS_GROUP).glob("*") if p.name.isdigit())
-        have = ", ".join(str(k) for k in [0, *present])
+        return root.as_arg()
+    target = root.child(f"{OVERVIEWS_GROUP}/{level}")
+    if not target.child("zarr.json").is_object():
+        have = ", ".join(str(k) for k in [0, *present_levels(root)])
         raise ConfigError(f"level={level}: cube {root} has no such overview level (levels: {have}); "
                           "run `range-dist overviews CUBE` to make them")
-    return target
+    return target.as_arg()

@@ -22,7 +22,9 @@ What the Item says (all read from the cube's attributes and coordinates, nothing
 Files written under ``OUT/``: ``collection.json``, ``<item>/<item>.json`` (a self-contained catalog,
 relative links), and ``api/collection.json`` (no item links) + ``api/items.ndjson`` (one Item per line)
 for ``rustac serve OUT/api/collection.json OUT/api/items.ndjson`` or a pgstac load. The asset's href
-is the cube's absolute path unless ``href`` is given (e.g. the URL where the cube is published).
+is the cube's absolute path, or its URL for a cube on object storage (``s3://bucket/cube.zarr``, read
+in place; the catalog itself is written to a local folder), unless ``href`` is given (e.g. the URL
+where the cube is published).
 """
 
 from __future__ import annotations
@@ -37,23 +39,26 @@ import numpy as np
 
 from range_dist.errors import ConfigError
 from range_dist.util.jsonable import to_jsonable
+from range_dist.util.stores import StoreLocation
 
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 DEFAULT_COLLECTION = "range-dist-embeddings"
 _EMB_FIELDS = ("type", "dimensions", "data_type", "quantization", "model", "source_data")
 
 
-def _read_cube(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def _read_cube(path: StoreLocation) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """(group attributes, {array: (dims, shape, dtype)}, lat/lon-bearing coordinates) of a cube."""
     import zarr
 
+    path.check_bucket()  # a missing bucket or a refused key is named as such, not as a missing cube
     if not path.exists():
         raise ConfigError(f"cube {path} does not exist; pass the .zarr store written by `range-dist embed-grid`")
     try:
-        group: Any = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        arrays = {name: (tuple(arr.metadata.dimension_names or ()), tuple(arr.shape), str(arr.dtype))
-                  for name, arr in group.arrays()}
-        coords = {name: np.asarray(group[name][...]) for name in ("lat", "lon", "beta") if name in group}
+        with path.errors("reading"):
+            group: Any = zarr.open_group(path.zarr_store(read_only=True), mode="r", use_consolidated=False)
+            arrays = {name: (tuple(arr.metadata.dimension_names or ()), tuple(arr.shape), str(arr.dtype))
+                      for name, arr in group.arrays()}
+            coords = {name: np.asarray(group[name][...]) for name in ("lat", "lon", "beta") if name in group}
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cube {path} could not be read as a Zarr store ({type(exc).__name__}: {exc}); pass the "
                           ".zarr store written by `range-dist embed-grid`") from exc
@@ -105,25 +110,26 @@ def _created(attrs: dict[str, Any]) -> datetime:
         return datetime.now(timezone.utc)
 
 
-def build_item(path: str | Path, *, href: str | None = None, item_id: str | None = None,
+def build_item(path: str | Path | StoreLocation, *, href: str | None = None, item_id: str | None = None,
                collection_id: str = DEFAULT_COLLECTION) -> Any:
     """The STAC Item (pystac) of a cube.
 
     Args:
-        path: the cube.
-        href: the asset href (default: the cube's absolute path).
+        path: the cube: a local path, or an object-store URL (``s3://bucket/cube.zarr``), read in place.
+        href: the asset href (default: the cube's absolute path, or its URL on object storage).
         item_id: Item id (default: the store's name without ``.zarr``).
         collection_id: the Collection it belongs to.
 
     Raises:
         ConfigError: not a readable cube.
+        ObjectStoreError: the object store refused or could not serve the reads.
     """
     import pystac
     from pystac.extensions.datacube import DatacubeExtension, Dimension, Variable
     from pystac.extensions.projection import ProjectionExtension
     from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
-    path = Path(path)
+    path = StoreLocation.parse(path, "cube")
     attrs, arrays, coords = _read_cube(path)
     bbox, res = _geometry(coords["lat"], coords["lon"], attrs)
     west, south, east, north = bbox
@@ -151,7 +157,9 @@ def build_item(path: str | Path, *, href: str | None = None, item_id: str | None
              "spatial:transform": entry.get("spatial:transform")} for entry in attrs["multiscales"].get("layout", [])]
     item = pystac.Item(id=item_id or path.name.removesuffix(".zarr"), geometry=geometry, bbox=bbox,
                        datetime=_created(attrs), properties=properties, collection=collection_id)
-    asset = pystac.Asset(href=href or str(path.resolve()), media_type=ZARR_MEDIA_TYPE, roles=["data"],
+    # the URL is what a reader opens (xr.open_zarr(url, storage_options=...)); it never holds a secret
+    default_href = str(path.local.resolve()) if path.is_local else path.describe()
+    asset = pystac.Asset(href=href or default_href, media_type=ZARR_MEDIA_TYPE, roles=["data"],
                          title="embedding cube (Zarr v3)")
     item.add_asset("zarr", asset)
     XarrayAssetsExtension.add_to(item)
@@ -203,9 +211,21 @@ class CatalogFiles:
     api_items: Path
 
 
-def write_catalog(path: str | Path, out: str | Path, *, href: str | None = None, item_id: str | None = None,
-                  collection_id: str = DEFAULT_COLLECTION) -> CatalogFiles:
-    """Write the static catalog ``OUT/collection.json`` + ``OUT/<item>/<item>.json`` and ``OUT/api/`` for a cube."""
+def write_catalog(path: str | Path | StoreLocation, out: str | Path, *, href: str | None = None,
+                  item_id: str | None = None, collection_id: str = DEFAULT_COLLECTION) -> CatalogFiles:
+    """Write the static catalog ``OUT/collection.json`` + ``OUT/<item>/<item>.json`` and ``OUT/api/`` for a cube.
+
+    Args:
+        path: the cube: a local path, or an object-store URL, read in place.
+        out: the catalog folder (local).
+        href: the Zarr asset's href (default: the cube's absolute path, or its URL on object storage).
+        item_id: the Item id (default: the store's name without ``.zarr``).
+        collection_id: the Collection id.
+
+    Raises:
+        ConfigError: not a readable cube.
+        ObjectStoreError: the object store refused or could not serve the reads.
+    """
     import pystac
 
     item = build_item(path, href=href, item_id=item_id, collection_id=collection_id)

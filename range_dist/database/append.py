@@ -39,6 +39,7 @@ from range_dist.database.store import (
 )
 from range_dist.errors import DatabaseError, StoreMismatchError
 from range_dist.util.jsonable import to_jsonable
+from range_dist.util.stores import StoreLocation
 
 _LOG = logging.getLogger(__name__)
 
@@ -112,46 +113,56 @@ class ExistingDatabase:
     done_ids: frozenset[str] = frozenset()
 
 
-def inspect_database(path: str | Path, attrs: Mapping[str, Any], overwrite: bool = False) -> ExistingDatabase:
-    """Decide what a build will do with ``path``, reading only: create, resume or replace.
+def inspect_database(path: str | Path | StoreLocation, attrs: Mapping[str, Any],
+                     overwrite: bool = False) -> ExistingDatabase:
+    """Decide what a build will do with ``path`` (local or object storage), reading only: create, resume or replace.
 
     Raises:
-        DatabaseError: the path is a file, or a folder that is not a range-dist database (never
+        DatabaseError: the path is a file / object, or a store that is not a range-dist database (never
             deleted, even with ``overwrite``).
         StoreMismatchError: a database built with other identity settings, without ``overwrite``.
+        ObjectStoreError: the object store refused or could not serve the reads.
     """
     import zarr
 
-    path = Path(path)
-    if not path.exists():
-        return ExistingDatabase("create")
-    if not path.is_dir():
-        raise DatabaseError(f"{path} exists and is a file, not a Zarr database; choose another --out")
-    try:
-        group: Any = zarr.open_group(str(path), mode="r")
-        meta = dict(group.attrs.get(ATTRS_KEY, {}))
-    except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError) as exc:
-        raise DatabaseError(f"{path} exists and is not a Zarr database ({type(exc).__name__}); it is never deleted "
-                            "for you: choose another --out, or remove it yourself") from exc
-    if meta.get("format") != FORMAT_NAME:
-        raise DatabaseError(f"{path} exists and is not a range-dist database; it is never deleted for you: choose "
-                            "another --out, or remove it yourself")
-    if overwrite:
-        return ExistingDatabase("replace")
-    diffs = [f"{k}: store {meta.get(k)!r} vs run {attrs.get(k)!r}" for k in IDENTITY_KEYS
-             if k in attrs and meta.get(k) != to_jsonable(attrs.get(k))]
-    if diffs:
-        raise StoreMismatchError(f"{path} was built with other settings ({'; '.join(diffs)}); use the same "
-                                 "settings to resume, another --out, or --overwrite")
-    rows = int(meta.get("rows", 0))
-    done = frozenset(str(v) for v in group["location_id"][:rows]) if rows else frozenset()
+    loc = StoreLocation.parse(path)
+    with loc.errors("reading"):
+        if not loc.exists():
+            return ExistingDatabase("create")
+        if loc.is_object():
+            raise DatabaseError(f"{loc} exists and is a file, not a Zarr database; choose another --out")
+        try:
+            group: Any = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+            meta = dict(group.attrs.get(ATTRS_KEY, {}))
+        except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError) as exc:
+            raise DatabaseError(f"{loc} exists and is not a Zarr database ({type(exc).__name__}); it is never "
+                                "deleted for you: choose another --out, or remove it yourself") from exc
+        if meta.get("format") != FORMAT_NAME:
+            raise DatabaseError(f"{loc} exists and is not a range-dist database; it is never deleted for you: "
+                                "choose another --out, or remove it yourself")
+        if overwrite:
+            return ExistingDatabase("replace")
+        diffs = [f"{k}: store {meta.get(k)!r} vs run {attrs.get(k)!r}" for k in IDENTITY_KEYS
+                 if k in attrs and meta.get(k) != to_jsonable(attrs.get(k))]
+        if diffs:
+            raise StoreMismatchError(f"{loc} was built with other settings ({'; '.join(diffs)}); use the same "
+                                     "settings to resume, another --out, or --overwrite")
+        rows = int(meta.get("rows", 0))
+        done = frozenset(str(v) for v in group["location_id"][:rows]) if rows else frozenset()
     return ExistingDatabase("resume", rows, done)
 
 
 class DatabaseAppender:
-    """A Zarr retrieval database being built: open/create, append batches, record failures."""
+    """A Zarr retrieval database being built: open/create, append batches, record failures.
 
-    def __init__(self, path: Path, group: Any) -> None:
+    On object storage (``s3://``, ``gs://``, ``az://``) the commit protocol of the module notes holds as it
+    is: every object is written whole (a reader sees its old or its new content), the data chunks and
+    the arrays' grown ``zarr.json`` are written before the group's ``zarr.json`` raises ``rows``, and a
+    batch rewritten after a kill writes the same keys again (idempotent: no rename is needed). A reader
+    mid-run sees the rows committed so far; arrays longer than ``rows`` are never read.
+    """
+
+    def __init__(self, path: StoreLocation, group: Any) -> None:
         self.path = path
         self.group = group
         # array -> (first row, pieces) of the last partial row block as committed: the next batch
@@ -160,29 +171,37 @@ class DatabaseAppender:
 
     # ------------------------------------------------------------------ open / create
     @classmethod
-    def open_or_create(cls, path: str | Path, key_dim: int, value_dim: int, attrs: Mapping[str, Any],
+    def open_or_create(cls, path: str | Path | StoreLocation, key_dim: int, value_dim: int, attrs: Mapping[str, Any],
                        overwrite: bool = False, chunk_rows: int = 1024) -> DatabaseAppender:
-        """Open ``path`` to resume (checking identity settings) or create an empty database.
+        """Open ``path`` (local or object storage) to resume (checking identity settings) or create an empty database.
 
         Raises:
             StoreMismatchError: the store was built with other encoders / radiometry / chip size.
             DatabaseError: the path exists and is not a range-dist database.
+            ObjectStoreError: the object store refused or could not serve a request.
         """
         import zarr
 
-        path = Path(path)
-        state = inspect_database(path, attrs, overwrite)
-        if state.action == "resume":
-            appender = cls(path, zarr.open_group(str(path), mode="r+"))
-            appender._truncate(state.rows)
-            if INTEGRITY_KEY not in appender.meta:
-                appender._adopt_record(state.rows)
-            return appender
-        if state.action == "replace":
-            import shutil
+        loc = StoreLocation.parse(path)
+        state = inspect_database(loc, attrs, overwrite)
+        with loc.errors("writing", writing=True):
+            if state.action == "resume":
+                appender = cls(loc, zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3))
+                appender._truncate(state.rows)
+                if INTEGRITY_KEY not in appender.meta:
+                    appender._adopt_record(state.rows)
+                return appender
+            if state.action == "replace":
+                # zarr.json last: a removal cut short is still recognised as a database by a rerun
+                loc.remove_tree(last="zarr.json")
+            return cls._create(loc, key_dim, value_dim, attrs, chunk_rows)
 
-            shutil.rmtree(path)
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    @classmethod
+    def _create(cls, loc: StoreLocation, key_dim: int, value_dim: int, attrs: Mapping[str, Any],
+                chunk_rows: int) -> DatabaseAppender:
+        import zarr
+
+        group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=3)
         _create(group, "locations", (0, 2), "float64", chunk_rows, ("row", "lonlat"))
         _create(group, "keys", (0, key_dim), "float32", chunk_rows, ("row", "key_feature"))
         _create(group, "values", (0, value_dim), "float32", chunk_rows, ("row", "value_feature"))
@@ -196,7 +215,7 @@ class DatabaseAppender:
                 "key_dim": key_dim, "value_dim": value_dim, "provenance_columns": sorted(PROVENANCE_COLUMNS),
                 "failures": 0, INTEGRITY_KEY: record}
         group.attrs[ATTRS_KEY] = meta
-        return cls(path, group)
+        return cls(loc, group)
 
     def _truncate(self, rows: int) -> None:
         for name in DATA_ARRAYS:
@@ -321,11 +340,17 @@ class DatabaseAppender:
         self._update_meta(build_report=dict(summary))
 
 
-def failure_table(path: str | Path) -> list[tuple[str, str, str]]:
-    """(location id, reason, detail) rows of a built database's failure table."""
+def failure_table(path: str | Path | StoreLocation) -> list[tuple[str, str, str]]:
+    """(location id, reason, detail) rows of a built database's failure table (local or object storage)."""
     import zarr
 
-    group: Any = zarr.open_group(str(path), mode="r")
+    loc = StoreLocation.parse(path)
+    with loc.errors("reading"):
+        group: Any = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+        return _failure_rows(group)
+
+
+def _failure_rows(group: Any) -> list[tuple[str, str, str]]:
     if "failures" not in group:
         return []
     f = group["failures"]

@@ -41,7 +41,7 @@ import shutil
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -402,17 +402,47 @@ class RetrievalDatabase:
         attrs = {k: v for k, v in meta.items() if k not in STORE_META_KEYS}
         return cls(arrays["locations"], arrays["keys"], arrays["values"], provenance, attrs, source=str(path))
 
-    def to_zarr(self, path: str | Path, overwrite: bool = False, rows_per_chunk: int = 8192) -> Path:
-        """Write the Zarr v3 form. Refuses to replace an existing path unless ``overwrite``."""
+    def to_zarr(self, path: str | Path | StoreLocation, overwrite: bool = False,
+                rows_per_chunk: int = 8192) -> Path | str:
+        """Write the Zarr v3 form, locally or to object storage. Refuses to replace an existing store unless
+        ``overwrite``.
+
+        A local store is written to a side folder and renamed into place, so a failure never leaves a
+        half-written database. Object stores have no rename: the group's ``zarr.json`` is written first
+        with 0 committed rows (a reader opens an empty database, and a rerun with ``--overwrite``
+        recognises a range-dist database to replace), then the arrays, then the attributes that commit the
+        rows and their integrity record, in one write of ``zarr.json``.
+
+        Returns:
+            The local path, or the URL.
+        """
         import zarr
 
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise DatabaseError(f"{path} already exists; pass --overwrite to replace it")
-        tmp = path.with_name(path.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        loc = StoreLocation.parse(path, "--out")
+        if loc.is_local:
+            target = loc.local
+            if target.exists() and not overwrite:
+                raise DatabaseError(f"{target} already exists; pass --overwrite to replace it")
+            tmp = target.with_name(target.name + ".partial")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self._write_zarr(zarr.open_group(str(tmp), mode="w", zarr_format=3), rows_per_chunk)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+            return target
+        with loc.errors("writing the database to", writing=True):
+            if loc.exists():
+                if not overwrite:
+                    raise DatabaseError(f"{loc} already exists; pass --overwrite to replace it")
+                loc.remove_tree(last="zarr.json")  # zarr.json last: a removal cut short is still a database
+            group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=3)
+            group.attrs[ATTRS_KEY] = to_jsonable({**self.describe(), "rows": 0, INTEGRITY_KEY: integrity_record({})})
+            self._write_zarr(group, rows_per_chunk)
+        return loc.describe()
+
+    def _write_zarr(self, group: Any, rows_per_chunk: int) -> None:
+        """Write every array into ``group``, then the attributes with the integrity record (after the data)."""
         chunk = min(rows_per_chunk, self.rows)
         specs: dict[str, tuple[npt.NDArray[Any], tuple[str, str]]] = {
             "locations": (self.locations, ("row", "lonlat")),
@@ -433,13 +463,8 @@ class RetrievalDatabase:
                                      config=WRITE_CONFIG)
             out[...] = written
             digests[name] = {"chunk_rows": chunk, "digests": block_digests(written, chunk)}
-        # The record is written after the data, in the attributes write that makes this a database.
+        # The record is written after the data, in the attributes write that commits the rows.
         group.attrs[ATTRS_KEY] = to_jsonable({**self.describe(), INTEGRITY_KEY: integrity_record(digests)})
-        # Write to a side directory and swap in, so a failure never leaves a half-written database.
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-        return path
 
     def to_npz(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the published ``.npz`` layout (provenance and attributes are not part of it)."""
@@ -576,11 +601,6 @@ def _chunk_keys(name: str, arr: Any, block: int) -> list[str]:
     return [f"{name}/{arr.metadata.encode_chunk_key((block, *rest))}" for rest in itertools.product(*others)]
 
 
-def _chunk_files(path: Path, name: str, arr: Any, block: int) -> list[Path]:
-    """The files holding one row block of an array (every chunk along the other axes) in a local store."""
-    return [path.joinpath(*key.split("/")) for key in _chunk_keys(name, arr, block)]
-
-
 def _expected_blocks(entry: Mapping[str, Any]) -> list[int]:
     unstored = set(entry.get("unstored", []))
     return [i for i in range(len(entry["digests"])) if i not in unstored]
@@ -602,15 +622,7 @@ def _check_chunks_present(store: Path | StoreLocation, group: Any, meta: Mapping
         DatabaseError: naming the array, the rows the missing chunks held, a file and the fix.
     """
     path = _where(store)
-    if isinstance(store, Path):
-        def present(key: str) -> bool:
-            return store.joinpath(*key.split("/")).is_file()
-    else:
-        with store.errors("listing the database"):
-            stored = set(store.object_sizes())
-
-        def present(key: str) -> bool:
-            return key in stored
+    present = _chunk_presence(store)
     rows = int(meta.get("rows", 0))
     for name, entry in record.get("arrays", {}).items():
         _check_record_shape(path, name, entry, rows)
@@ -666,12 +678,26 @@ def integrity_record(arrays: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"version": INTEGRITY_VERSION, "digest": DIGEST_NAME, "arrays": {k: dict(v) for k, v in arrays.items()}}
 
 
-def record_from_store(path: str | Path, group: Any, names: Sequence[str], rows: int) -> dict[str, Any]:
+def _chunk_presence(store: Path | StoreLocation) -> Callable[[str], bool]:
+    """Whether a chunk key (``keys/c/3/0``) is stored: a ``stat`` per chunk locally; on object storage one
+    listing of the store up front, where a request per chunk would be slow."""
+    if isinstance(store, Path):
+        def present(key: str) -> bool:
+            return store.joinpath(*key.split("/")).is_file()
+        return present
+    with store.errors("listing the database"):
+        stored = set(store.object_sizes())
+    return stored.__contains__
+
+
+def record_from_store(path: str | Path | StoreLocation, group: Any, names: Sequence[str], rows: int
+                      ) -> dict[str, Any]:
     """A record of what a store holds now (reads every committed row): adopts a database written before records.
 
     Blocks without a chunk file (zarr skipped chunks equal to the fill value) are listed as ``unstored``.
     """
-    path = Path(path)
+    loc = StoreLocation.parse(path)
+    present = _chunk_presence(loc.local if loc.is_local else loc)
     arrays: dict[str, dict[str, Any]] = {}
     for name in names:
         arr = group[name]
@@ -679,7 +705,7 @@ def record_from_store(path: str | Path, group: Any, names: Sequence[str], rows: 
         digests, unstored = [], []
         for block, (a, b) in enumerate(_block_rows(i, chunk_rows, rows) for i in range(math.ceil(rows / chunk_rows))):
             digests.append(block_digest([np.asarray(arr[a:b])]))
-            if not all(f.is_file() for f in _chunk_files(path, name, arr, block)):
+            if not all(present(key) for key in _chunk_keys(name, arr, block)):
                 unstored.append(block)
         arrays[name] = {"chunk_rows": chunk_rows, "digests": digests, **({"unstored": unstored} if unstored else {})}
     return integrity_record(arrays)
@@ -711,7 +737,7 @@ class BlockCheck:
 class VerifyReport:
     """What :func:`verify_database` found: one check per row block, plus whole-database problems."""
 
-    path: Path
+    path: Path | str
     rows: int | None
     checks: list[BlockCheck]
     problems: list[str] = field(default_factory=list)
@@ -767,11 +793,25 @@ def verify_database(path: str | Path) -> VerifyReport:
     A Zarr database is checked against its integrity record; an ``.npz`` against the zip archive's
     CRC-32 of each member, then opened (shapes, finite rows, key norms).
 
+    Args:
+        path: a local ``.npz`` or Zarr database, or a Zarr database on object storage (``s3://``, ``gs://``,
+            ``az://``), read in place.
+
     Raises:
         DatabaseError: the path does not exist or is not a range-dist database.
+        ObjectStoreError: the object store refused or could not serve the reads.
     """
-    path = Path(path)
     start = time.perf_counter()
+    loc = StoreLocation.parse(path, "database")
+    if not loc.is_local:
+        with loc.errors("verifying"):
+            if not loc.child("zarr.json").is_object():
+                raise DatabaseError(f"{loc} is not a Zarr database on object storage (no zarr.json there); a "
+                                    "published-layout .npz is verified on local disk")
+            report = _verify_zarr(loc)
+        report.seconds = time.perf_counter() - start
+        return report
+    path = loc.local
     if not path.exists():
         raise DatabaseError(f"{path} does not exist")
     if path.is_file() and path.suffix == ".npz":
@@ -811,11 +851,12 @@ def _verify_npz(path: Path) -> VerifyReport:
     return report
 
 
-def _verify_zarr(path: Path) -> VerifyReport:
-    group, meta = _open_database_group(path)
+def _verify_zarr(store: Path | StoreLocation) -> VerifyReport:
+    group, meta = _open_database_group(store)
+    path = _where(store)
     rows = int(meta.get("rows", 0))
     report = VerifyReport(path, rows, [], fix=_fix_hint(path, meta, verify=False))
-    holder = read_holder(path)
+    holder = read_holder(store)
     if holder is not None and not holder_is_gone(holder):
         report.notes.append(f"a run holds the store's lease ({holder.describe(time.time())}); rows it is writing "
                             "now may show as damaged until it commits")
@@ -827,17 +868,19 @@ def _verify_zarr(path: Path) -> VerifyReport:
         names = ["locations", "keys", "values", *meta.get("provenance_columns", [])]
         report.checks = [BlockCheck(n, 0, rows, "unrecorded") for n in names]
         return report
+    present = _chunk_presence(store)
     for name, entry in record.get("arrays", {}).items():
         try:
             _check_record_shape(path, name, entry, rows)
         except DatabaseError as exc:
             report.problems.append(str(exc).removeprefix(f"{path}: "))
             continue
-        report.checks += _verify_array(path, group, name, entry, rows)
+        report.checks += _verify_array(group, name, entry, rows, present)
     return report
 
 
-def _verify_array(path: Path, group: Any, name: str, entry: Mapping[str, Any], rows: int) -> list[BlockCheck]:
+def _verify_array(group: Any, name: str, entry: Mapping[str, Any], rows: int,
+                  present: Callable[[str], bool]) -> list[BlockCheck]:
     chunk_rows = int(entry["chunk_rows"])
     digests: list[str] = list(entry["digests"])
     bounds = [_block_rows(i, chunk_rows, rows) for i in range(len(digests))]
@@ -856,9 +899,9 @@ def _verify_array(path: Path, group: Any, name: str, entry: Mapping[str, Any], r
         if b > arr.shape[0]:
             status[i] = ("missing", f"the array has only {arr.shape[0]} rows")
         elif i in expected:
-            absent = [f for f in _chunk_files(path, name, arr, i) if not f.is_file()]
+            absent = [key for key in _chunk_keys(name, arr, i) if not present(key)]
             if absent:
-                status[i] = ("missing", f"no chunk file {absent[0].relative_to(path)}")
+                status[i] = ("missing", f"no chunk file {absent[0]}")
     row_bytes = max(1, arr.dtype.itemsize * math.prod(arr.shape[1:]))
     per_window = max(1, VERIFY_WINDOW_BYTES // (row_bytes * chunk_rows))
     todo = [i for i in range(len(digests)) if i not in status]

@@ -28,6 +28,9 @@ KEYS: dict[str, tuple[str, str, list[str]]] = {
     "admin": ("rdtestadmin", "rd-admin-secret-5f1c9e", ["Admin", "Read", "Write", "List", "Tagging"]),
     "reader": ("rdtestreader", "rd-reader-secret-8a2d41", ["Read", "List"]),
 }
+#: What an S3 client reads from the environment: a test clears these before setting the server's.
+AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 _PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
 
 

@@ -29,8 +29,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -50,6 +54,8 @@ _PIN = re.compile(r"^sha256=(?P<hex>[0-9a-fA-F]{64})$")
 _BLOCK = 1 << 20
 #: Seconds before an HTTP(S) connection or read is given up.
 HTTP_TIMEOUT_S = 60.0
+#: Inside :func:`transient_downloads`: the temporary folder new downloads go to, and the URLs fetched there.
+_TRANSIENT: ContextVar[tuple[Path, list[str]] | None] = ContextVar("range_dist_transient_downloads", default=None)
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,25 @@ def is_remote(value: str | Path | None) -> bool:
     return isinstance(value, str) and parse_remote(value) is not None
 
 
+@contextmanager
+def transient_downloads() -> Iterator[list[str]]:
+    """Within: a URL not in the cache is downloaded to a temporary folder removed on exit, not to the cache.
+
+    A dry run reads its inputs (the plan needs the checkpoint's degree and the database's size) but must
+    leave nothing behind: a copy already in the cache is used (and verified), a new one is not kept.
+
+    Yields:
+        The public URLs downloaded temporarily so far (for the dry run to say so).
+    """
+    with tempfile.TemporaryDirectory(prefix="range-dist-dry-run-") as folder:
+        fetched: list[str] = []
+        token = _TRANSIENT.set((Path(folder), fetched))
+        try:
+            yield fetched
+        finally:
+            _TRANSIENT.reset(token)
+
+
 def fetch_input(value: str | Path, what: str = "input") -> FetchedInput:
     """The local file of an input: the path itself, or the URL's verified copy in the cache.
 
@@ -195,6 +220,12 @@ def fetch_input(value: str | Path, what: str = "input") -> FetchedInput:
         return FetchedInput(path, str(path), sha256_file(path) if path.is_file() else "")
     if remote.cached.is_file() and remote.record.is_file():
         return FetchedInput(remote.cached, remote.public, _check_cached(remote, what))
+    transient = _TRANSIENT.get()
+    if transient is not None:  # a dry run: a temporary copy, gone when the dry run ends
+        folder = Path(tempfile.mkdtemp(dir=transient[0]))
+        transient[1].append(remote.public)
+        digest = _download(remote, what, folder)
+        return FetchedInput(folder / remote.file_name, remote.public, digest, downloaded=True)
     digest = _download(remote, what)
     return FetchedInput(remote.cached, remote.public, digest, downloaded=True)
 
@@ -220,9 +251,9 @@ def _check_pin(remote: RemoteInput, actual: str, what: str, which: str) -> None:
             f"by deleting {remote.cache_folder}")
 
 
-def _download(remote: RemoteInput, what: str) -> str:
-    """Download into the cache (temporary file + rename), record the digest, return it."""
-    folder = remote.cache_folder
+def _download(remote: RemoteInput, what: str, folder: Path | None = None) -> str:
+    """Download into the cache (or ``folder``) (temporary file + rename), record the digest, return it."""
+    folder = remote.cache_folder if folder is None else folder
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{remote.file_name}.{os.getpid()}.tmp"
     digest = hashlib.sha256()
@@ -236,8 +267,8 @@ def _download(remote: RemoteInput, what: str) -> str:
         record_tmp = folder / f".{remote.record.name}.{os.getpid()}.tmp"
         record_tmp.write_text(actual + "\n")
         # the file first, then its record: a file without a record is an unfinished download (fetched again)
-        os.replace(tmp, remote.cached)
-        os.replace(record_tmp, remote.record)
+        os.replace(tmp, folder / remote.file_name)
+        os.replace(record_tmp, folder / remote.record.name)
         return actual
     finally:
         tmp.unlink(missing_ok=True)

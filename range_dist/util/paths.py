@@ -62,5 +62,6 @@ def local_path(value: str | Path, what: str = "") -> Path:
     raise ConfigError(f"{name}: {kind} is not supported; range-dist reads and writes local paths "
                       "(or file:// URLs) only for this input. Give a local path instead: copy or download the input "
                       "first, or mount the bucket as a folder and copy the output to it afterwards. (Object storage "
-                      "URLs s3://, gs://, az:// are accepted by embed-grid --out and by the cube argument of map, "
-                      "sample and similar; URLs, https:// too, by --satclip and --db of embed-grid and embed-points.)")
+                      "URLs s3://, gs://, az:// are accepted by the stores: --out of embed-grid, build-db and "
+                      "import-db, the cube argument of map, sample, similar and the product commands; URLs, "
+                      "https:// too, by the input files: --satclip and --db, and the .npz of import-db.)")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 from range_dist.chips.radiometry import RADIOMETRY_MODES
 from range_dist.config.schema import option
-from range_dist.config.values import parse_device
+from range_dist.config.values import parse_device, parse_storage_options, parse_store
 from range_dist.errors import ConfigError
 from range_dist.stac.presets import PRESETS
 from range_dist.stac.search import SearchConfig
+from range_dist.util.stores import StoreLocation, register_storage_options
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,14 @@ class BuildConfig:
     """Everything a database build needs (YAML keys = field names; flags override the YAML)."""
 
     locations: Path = option(help="CSV/Parquet of location_id, lon, lat (range-dist sample-locations writes one)")
-    out: Path = option(help="the Zarr database to create or resume (.zarr)")
+    out: Path | str = option(parse=parse_store,
+                             help="the Zarr database to create or resume (.zarr): a local path, or s3://, gs://, "
+                                  "az:// (credentials from the environment, e.g. AWS_ACCESS_KEY_ID, "
+                                  "AWS_ENDPOINT_URL)")
+    storage_options: tuple[tuple[str, str], ...] = option(
+        (), parse=parse_storage_options, cli=False,
+        help="YAML only (a flag would show secrets in the process list): fsspec options of an object-store --out, "
+             "e.g. {endpoint_url: http://host:8333, region: eu-west-1}; never stored or printed")
     stac_url: str | None = option(None, help="STAC API root (default: from --preset)")
     preset: Literal["earth-search", "planetary-computer"] | None = option(
         None, help="a known STAC API: its URL, collection and asset signing")
@@ -55,7 +64,19 @@ class BuildConfig:
     search_group_deg: float | None = option(
         None, help="search once per cell of this size (degrees) instead of once per location")
 
+    def __repr__(self) -> str:
+        # the dataclass repr would show storage_options' values, which may be secrets
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["storage_options"] = tuple((name, "***") for name, _ in self.storage_options)
+        return f"BuildConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def __post_init__(self) -> None:
+        # Library callers construct the dataclass directly: the same parsers as the YAML and flags.
+        object.__setattr__(self, "out", parse_store(self.out))
+        if isinstance(self.storage_options, Mapping):
+            object.__setattr__(self, "storage_options", parse_storage_options(self.storage_options))
+        if self.storage_options:  # for this process, per bucket (see range_dist.util.stores); never stored
+            register_storage_options(self.out, dict(self.storage_options))
         if self.radiometry not in RADIOMETRY_MODES:
             raise ConfigError(f"radiometry {self.radiometry!r}: expected one of {RADIOMETRY_MODES}")
         if self.preset is not None and self.preset not in PRESETS:
@@ -73,7 +94,7 @@ class BuildConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit={self.limit}: expected >= 1, or unset for all locations")
-        if Path(self.out).suffix != ".zarr":
+        if not StoreLocation.parse(self.out).name.endswith(".zarr"):
             raise ConfigError(f"out={self.out}: the database store must end in .zarr")
         if self.search_group_deg is not None and not 0 < self.search_group_deg <= 10:
             raise ConfigError(f"search_group_deg {self.search_group_deg}: a cell size in (0, 10] degrees, or unset")

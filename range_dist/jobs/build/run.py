@@ -18,6 +18,7 @@ from range_dist.jobs.build.steps import ChipOutcome
 from range_dist.util import fault_injection as faults
 from range_dist.util.lease import StoreLease
 from range_dist.util.progress import Progress
+from range_dist.util.stores import StoreLocation
 
 #: What an executor yields per batch: the encoded rows (None when no chip was accepted) and the failures.
 EncodedBatch = tuple[RowBatch | None, list[ChipOutcome]]
@@ -97,17 +98,20 @@ def _append_all(plan: BuildPlan, executor: BatchExecutor, appender: DatabaseAppe
                 failures: dict[str, tuple[str, str]], report: BuildReport, progress: Progress) -> None:
     """Append each encoded batch (the single writer) and keep the failure table."""
     config = plan.config
+    location = StoreLocation.parse(config.out)
     for rows, failed in executor.encode_batches(plan):
         try:
             if rows is not None:
-                appender.append(rows)
+                with location.errors("appending a batch to", writing=True):  # object storage: one-line errors
+                    appender.append(rows)
                 report.rows_written += len(rows)
                 for loc_id in rows.provenance["location_id"]:
                     failures.pop(str(loc_id), None)
             for outcome in failed:
                 failures[outcome.location_id] = (outcome.reason or "unknown", outcome.detail)
                 report.failures[outcome.reason or "unknown"] += 1
-            appender.set_failures(failures)
+            with location.errors("appending a batch to", writing=True):  # object storage: one-line errors
+                appender.set_failures(failures)
         except OSError as exc:  # disk full, quota, I/O error: the batch's rows are not committed
             raise StoreWriteError.of(exc, f"appending a batch to {config.out}", "Its rows are not committed") from exc
         progress.update((len(rows) if rows is not None else 0) + len(failed))

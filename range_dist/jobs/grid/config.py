@@ -15,6 +15,8 @@ from range_dist.config.values import (
     parse_betas,
     parse_mode,
     parse_precision,
+    parse_storage_options,
+    parse_store,
     parse_variant,
 )
 from range_dist.errors import ConfigError
@@ -23,17 +25,6 @@ from range_dist.util.downloads import parse_input, parse_remote
 from range_dist.util.stores import OBJECT_STORES, StoreLocation, register_storage_options
 
 GLOBE: BBox = (-180.0, -90.0, 180.0, 90.0)
-
-
-def parse_store(value: Any) -> Path | str:
-    """A store setting: a local Path, or object-store URL text (``s3://``, ``gs://``, ``az://``).
-
-    A URL stays text: ``Path()`` would drop its ``//`` (``s3:/bucket/...``), a local folder. Other URL
-    schemes are refused (:meth:`StoreLocation.parse`).
-    """
-    if not isinstance(value, str | Path) or not str(value):
-        raise ValueError(value)
-    return StoreLocation.parse(value, "out").as_arg()
 
 
 def parse_satclip(value: Any) -> Path | str | None:
@@ -52,27 +43,6 @@ def parse_db(value: Any) -> Path | str | None:
     if not isinstance(value, str | Path) or not str(value):
         raise ValueError(value)
     return parse_input(value, "db")
-
-
-def parse_storage_options(value: Any) -> tuple[tuple[str, str], ...]:
-    """``storage_options``: a mapping of fsspec option names to text, numbers or true/false.
-
-    The messages name the option, never its value (the values may be secrets).
-    """
-    if not isinstance(value, Mapping):
-        raise ConfigError("storage_options must be a mapping of option names to values, e.g. "
-                          "{endpoint_url: 'http://127.0.0.1:8333'}")
-    pairs = {}
-    for name, item in value.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError("storage_options: option names must be text")
-        if isinstance(item, bool):
-            item = "true" if item else "false"
-        if not isinstance(item, str | int | float):
-            raise ConfigError(f"storage_options: the value of {name!r} must be text, a number or true/false "
-                              "(nested options are not supported)")
-        pairs[name] = str(item)
-    return tuple(sorted(pairs.items()))
 
 
 @dataclass(frozen=True)
@@ -206,9 +176,6 @@ class GridJobConfig:
             raise ConfigError(f"validation_points={self.validation_points}: expected >= 16")
         if Path(self.out).suffix != ".zarr":
             raise ConfigError(f"out={self.out}: the output store must end in .zarr")
-        if isinstance(self.out, str) and self.overviews is not None:
-            raise ConfigError(f"overviews={self.overviews:g} with out={self.out}: overviews are built on local "
-                              "stores only so far; build the cube, then copy it to local disk for the pyramid")
         self.grid  # noqa: B018 - validates resolution and bbox
 
     @property
