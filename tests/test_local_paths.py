@@ -54,7 +54,7 @@ LOCAL_ONLY = "is not supported; range-dist reads and writes local paths"
 @pytest.mark.parametrize(("argv", "message"), [
     (["embed-grid", "--sample-assets", "--out", "https://host/cube.zarr", "--dry-run"],
      "https:// is not a supported store location"),
-    (["import-db", "x.npz", "--out", "gs://bucket/db.zarr"], LOCAL_ONLY),
+    (["export-cog", "runs/cube.zarr", "--out", "gs://bucket/c.tif"], LOCAL_ONLY),  # the COG is local
     (["map", "ftp://host/cube.zarr", "--out", "m.png"], "ftp:// is not a supported store location"),
     (["map", "runs/cube.zarr", "--out", "s3://bucket/m.png"], LOCAL_ONLY),  # the PNG is local
 ])

@@ -286,6 +286,41 @@ def test_fault_messages(s3: SeaweedS3, bucket: str, config: GridJobConfig, monke
     assert "bucket 'no-such-bucket-here' does not exist" in line
 
 
+@pytest.mark.parametrize("url", ["gs://bucket/c.zarr", "az://container/c.zarr", "s3://bucket/c.zarr"])
+def test_unreachable_hosts_of_every_client_are_explained(url: str) -> None:
+    """aiohttp's errors (gcsfs, adlfs) and their subclasses, raised by real failed connections, are messages."""
+    import asyncio
+
+    import aiohttp
+
+    async def connect(address: str) -> None:
+        async with aiohttp.ClientSession() as session, session.get(address):
+            pass
+
+    location = StoreLocation.parse(url)
+    for address in (f"http://127.0.0.1:{_closed_port()}/", "http://no-such-host.invalid/"):  # refused; DNS
+        with pytest.raises(aiohttp.ClientConnectorError) as caught:
+            asyncio.run(connect(address))
+        error = location.explain(caught.value, "opening the bucket of")
+        assert error is not None, f"{type(caught.value).__name__} not recognised as unreachable"
+        assert f"opening the bucket of {url}: cannot reach the object store" in str(error)
+        assert "rerun the same command" in str(error)
+
+
+def test_client_retry_logs_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from range_dist.cli.main import _one_line_client_logs
+
+    _one_line_client_logs()
+    try:
+        raise ConnectionRefusedError("Connect call failed")
+    except ConnectionRefusedError:
+        logging.getLogger("gcsfs").exception("_request out of retries on exception")
+    err = capsys.readouterr().err
+    assert err == "gcsfs: _request out of retries on exception\n"
+
+
 def _closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
     with socket.socket() as sock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import signal
 import sys
 import threading
@@ -130,6 +131,48 @@ def _dry_run(handler: Handler, args: argparse.Namespace) -> int:
     return code
 
 
+#: object-store client libraries that log each failed retry with its traceback; range-dist reports the
+#: failure itself, once, as a message (:class:`~range_dist.util.stores.ObjectStoreError`)
+_CLIENT_LOGGERS = ("gcsfs", "s3fs", "adlfs", "aiobotocore", "botocore", "azure")
+
+
+class _NoTraceback(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return ""
+
+    def formatStack(self, stack_info: str) -> str:
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = ""  # a cached traceback would be printed otherwise
+        return super().format(record)
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (``main`` may run many times in one process)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _one_line_client_logs() -> None:
+    """Print the object-store clients' warnings as one line each, without their retries' tracebacks."""
+    for name in _CLIENT_LOGGERS:
+        client_logger = logging.getLogger(name)
+        if client_logger.handlers:  # ours from an earlier call, or an application's own: kept
+            continue
+        handler = _CurrentStderr()
+        handler.setFormatter(_NoTraceback("%(name)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        client_logger.addHandler(handler)
+        client_logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``range-dist`` console script.
 
@@ -139,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _one_line_client_logs()
     handler: Handler = args.handler
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C: the jobs stop dispatching and report what is done

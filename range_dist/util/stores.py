@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ _CREDENTIAL_VARS = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN for temporary keys)",
     "gs": "GOOGLE_APPLICATION_CREDENTIALS",
     "az": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_CONNECTION_STRING",
+}
+
+#: where each object store's endpoint is set, for the "cannot reach" message
+_ENDPOINT_SETTINGS = {
+    "s3": "AWS_ENDPOINT_URL or storage_options endpoint_url",
+    "gs": "STORAGE_EMULATOR_HOST or storage_options endpoint_url",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME or AZURE_STORAGE_CONNECTION_STRING, or storage_options account_name",
 }
 
 
@@ -230,7 +238,8 @@ class StoreLocation:
             options = self.storage_options()
             return str(options.get("endpoint_url") or "the AWS S3 default endpoint")
         if self.scheme == "gs":
-            return str(self.storage_options().get("endpoint_url") or "Google Cloud Storage")
+            return str(self.storage_options().get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
+                       or "Google Cloud Storage")
         if self.scheme == "az":
             return f"Azure Blob Storage account {os.environ.get('AZURE_STORAGE_ACCOUNT_NAME', '(unset)')}"
         return "the local file system"
@@ -496,7 +505,7 @@ class StoreLocation:
         if _is_unreachable(exc):
             return ObjectStoreError(
                 f"{where}: cannot reach the object store at {self.endpoint()} ({_short(text)}). Check that the "
-                f"server runs and the endpoint (AWS_ENDPOINT_URL or storage_options endpoint_url) is right; {rerun}")
+                f"server runs and the endpoint ({_ENDPOINT_SETTINGS[self.scheme]}) is right; {rerun}")
         if code in ("InternalError", "ServiceUnavailable", "SlowDown", "ServerBusy", "InternalServerError") \
                 or (code.isdigit() and code.startswith("5")):
             return ObjectStoreError(
@@ -564,5 +573,8 @@ def _is_unreachable(exc: BaseException) -> bool:
     names = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
              "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ServiceRequestError",
              "ServiceResponseError")
-    return any(type(item).__name__ in names or isinstance(item, ConnectionError | TimeoutError)
+    # by class name through the MRO: the client libraries are optional imports, and they subclass
+    # (aiohttp's ClientConnectorDNSError is a ClientConnectorError)
+    return any(any(cls.__name__ in names for cls in type(item).__mro__)
+               or isinstance(item, ConnectionError | TimeoutError | socket.gaierror)
                for item in _chain(exc))
