@@ -157,7 +157,7 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
 
     @stream.setter
     def stream(self, value: Any) -> None:
-        pass
+        pass  # StreamHandler.__init__ assigns the stream it was given; the current one is read at each record
 
 
 def _one_line_client_logs() -> None:
