@@ -137,15 +137,13 @@ _CLIENT_LOGGERS = ("gcsfs", "s3fs", "adlfs", "aiobotocore", "botocore", "azure")
 
 
 class _NoTraceback(logging.Formatter):
+    # the only handler of these loggers (they do not propagate), so no other handler cached a traceback
+    # in record.exc_text before this one formats it
     def formatException(self, ei: Any) -> str:
         return ""
 
     def formatStack(self, stack_info: str) -> str:
         return ""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.exc_text = ""  # a cached traceback would be printed otherwise
-        return super().format(record)
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
