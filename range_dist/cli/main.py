@@ -111,6 +111,18 @@ def _quiet_abandoned_coroutines(unraisable: Any) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _quiet_teardown() -> None:
+    """Keep the stop's message the last thing printed: silence the teardown of the run's abandoned requests.
+
+    A run stopped by an error or a signal leaves its in-flight store requests (zarr sends them
+    concurrently on its own event loop) abandoned. At exit Python closes each one and would print, after
+    the message, "Exception ignored in <coroutine ...>" tracebacks (the unraisable hook) and asyncio's
+    "Task was destroyed but it is pending!" (logged by the ``asyncio`` logger).
+    """
+    sys.unraisablehook = _quiet_abandoned_coroutines
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Interrupted("terminated (SIGTERM)", exit_code=128 + signum)
 
@@ -191,16 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dry_run(handler, args)
     except Interrupted as exc:
         print(f"range-dist {args.command}: {exc}", file=sys.stderr)
+        _quiet_teardown()
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"range-dist {args.command}: interrupted (SIGINT)", file=sys.stderr)
+        _quiet_teardown()
         return 130
     except RangeDistError as exc:
         print(f"range-dist {args.command}: error: {exc}", file=sys.stderr)
-        # An object store that failed mid-request leaves the failed run's other requests (zarr sends them
-        # concurrently) abandoned; closing them at exit raises again inside each coroutine, and Python
-        # would print those as "Exception ignored in <coroutine ...>" tracebacks after the message above.
-        sys.unraisablehook = _quiet_abandoned_coroutines
+        _quiet_teardown()
         return 2
     finally:
         if threading.current_thread() is threading.main_thread():
