@@ -19,6 +19,7 @@ from range_dist.executors import embed_grid
 from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.retrieval.engine import blend_heads
 from range_dist.retrieval.fast.approximations import (
+    ErrorSketch,
     fit_value_basis,
     interpolate,
     lattice_stencils,
@@ -26,7 +27,7 @@ from range_dist.retrieval.fast.approximations import (
     node_lonlat,
 )
 from range_dist.retrieval.fast.plan import rank_errors, relative_errors
-from range_dist.retrieval.fast.retriever import embedding_norms
+from range_dist.retrieval.fast.retriever import embedding_norms, retrieve_averages
 from tests.helpers import random_points
 
 BETAS = (0.0, 0.5, 1.0)
@@ -141,7 +142,55 @@ def test_embedding_norms_without_forming_the_embeddings(with_basis: bool, varian
                                atol=1e-5)
 
 
+def test_error_sketch_estimates_norms_within_a_factor_of_two() -> None:
+    sketch = ErrorSketch.for_width(1024)
+    assert sketch is not None and ErrorSketch.for_width(256) is None  # too narrow to pay: full values
+    rng = np.random.default_rng(3)
+    vectors = np.concatenate([
+        rng.normal(size=(2000, 1024)),  # dense
+        np.eye(1024)[:500] * rng.uniform(0.1, 10.0, size=(500, 1)),  # one coordinate each
+        rng.normal(size=(200, 1024)) * (rng.uniform(size=(200, 1024)) < 0.01),  # sparse
+        np.ones((1, 1024)),
+    ]).astype(np.float32)
+    x = torch.from_numpy(vectors)
+    ratio = sketch.project(x).double().norm(dim=1) / x.double().norm(dim=1)
+    assert float(ratio.min()) > 0.5 and float(ratio.max()) < 2.0
+    assert abs(float(ratio.square().mean()) - 1.0) < 0.02  # unbiased in the square
+
+
 # ---------------------------------------------------------------- fast vs exact
+def test_sketched_checks_decide_as_full_checks(location_encoder: SatCLIPLocationEncoder) -> None:
+    """The per-call check on the error sketch passes and fails exactly where a check in full does."""
+    db, points = DATABASES["random"], POINT_SETS["antimeridian_tile"]
+    fast = RangeEncoder(location_encoder, db, mode="fast", tolerance=TOLERANCE)
+    fast.plan_fast(points, BETAS)
+    retriever = fast.fast
+    assert retriever is not None and retriever.sketch is not None
+    settings = fast.settings(BETAS)
+    q_hat, xyz = fast.query_features(points)
+    # the sketch of a softmax average is the softmax average of the sketched rows
+    (sketched,) = retrieve_averages(retriever.sketch_db, ("sem",), q_hat[:64], xyz[:64], settings)
+    (full,) = retrieve_averages(retriever.db, ("sem",), q_hat[:64], xyz[:64], settings)
+    torch.testing.assert_close(sketched, retriever.sketched(full), rtol=1e-4, atol=1e-5)
+    weights = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    norms = torch.ones(3, dtype=torch.float64)
+    decided = set()
+    for spacing in (15.0, 6.0, 2.0, 0.5):
+        lattice = retriever._checked_lattice("geo", spacing, points, settings)
+        assert lattice is not None
+        check_lonlat, approx = lattice[1]
+        q, x = fast.query_features(check_lonlat)
+        (exact,) = retrieve_averages(retriever.db, ("geo",), q, x, settings)
+        full_error = float((approx - exact).double().norm(dim=1).max())
+        for budget in (full_error / 3, full_error / 1.1, full_error * 1.1, full_error * 3):
+            before = retriever.stats.rechecked_points
+            error = retriever._check("geo", lattice[1], settings, weights, norms, budget)
+            assert (error <= budget) == (full_error <= budget), (spacing, budget, error, full_error)
+            assert full_error / 2 <= error <= full_error * 2
+            decided.add("in full" if retriever.stats.rechecked_points > before else "on the sketch")
+    assert decided == {"in full", "on the sketch"}
+
+
 @pytest.mark.parametrize("db_name", sorted(DATABASES))
 @pytest.mark.parametrize("points_name", sorted(POINT_SETS))
 def test_fast_mode_within_tolerance_of_exact(location_encoder: SatCLIPLocationEncoder, db_name: str,

@@ -16,10 +16,12 @@ from range_dist.retrieval.fast.approximations import TAPS, ValueBasis
 
 #: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
 RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-#: Candidate lattice spacings (degrees, each divides 360), coarsest first.
+#: Candidate lattice spacings (degrees, each divides 360), coarsest first. Steps of at most ~1.33x in
+#: the semantic head's usual range: a lattice's cost goes as 1/h², so 0.6° instead of 0.5° saves 30 %
+#: of the nodes and checks (on the L = 40 benchmark the 0.1° tile's semantic head passes at 0.6°).
 SPACING_LADDER = {
     "geo": (15.0, 12.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.25),
-    "sem": (4.0, 3.0, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.4, 0.25, 0.2, 0.1, 0.05),
+    "sem": (4.0, 3.0, 2.0, 1.5, 1.2, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05),
 }
 
 
@@ -117,9 +119,10 @@ def rank_errors(
     return (tail / norms.double().unsqueeze(-1)).amax(dim=(0, 1))
 
 
-def next_spacing(ladder: Sequence[float], spacing: float, error: float, target: float) -> float | None:
-    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h^TAPS)."""
-    predicted = spacing * (target / error) ** (1.0 / TAPS) * 0.9 if error > 0 else spacing
+def next_spacing(ladder: Sequence[float], spacing: float, error: float, target: float,
+                 order: float = TAPS) -> float | None:
+    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h^order)."""
+    predicted = spacing * (target / error) ** (1.0 / order) * 0.9 if error > 0 else spacing
     finer = [h for h in ladder if h < spacing]
     if not finer:
         return None

@@ -13,7 +13,9 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
    per-call check of :class:`~range_dist.retrieval.fast.retriever.FastRetriever` does) in
    :data:`PROBES` small patches of cells around the run's points: a few hundred exact evaluations
    per spacing instead of a stencil of 36 nodes per sample point (spacings predicted from
-   error ∝ h^TAPS, then checked).
+   error ∝ h^TAPS, then checked). The probes need error norms only, so they run on the error
+   sketch of the values (:class:`~range_dist.retrieval.fast.approximations.ErrorSketch`), at a
+   quarter of the cost of the semantic head and a tenth of the spatial one.
 3. A final check of everything together on a second sample of the run's points (contiguous
    patches, so their lattice nodes are shared); the plan is refused (``ToleranceError``) when that
    error exceeds the tolerance, or when no approximation fits at all.
@@ -44,7 +46,15 @@ from range_dist.config.values import check_tolerance
 from range_dist.errors import ToleranceError
 from range_dist.geo.coords import validate_lonlat
 from range_dist.retrieval.engine import LOCATION_BATCH, RetrievalSettings, blend_heads
-from range_dist.retrieval.fast.approximations import ValueBasis, fit_value_basis, interpolate, lattice_stencils
+from range_dist.retrieval.fast.approximations import (
+    TAPS,
+    ErrorSketch,
+    ValueBasis,
+    fit_value_basis,
+    interpolate,
+    lattice_node_count,
+    lattice_stencils,
+)
 from range_dist.retrieval.fast.plan import (
     RANK_LADDER,
     SPACING_LADDER,
@@ -59,10 +69,12 @@ from range_dist.retrieval.fast.retriever import (
     COMPONENT_SHARE,
     LATTICE_COST_RATIO,
     PROBE_FRACTIONS,
+    REFINE_ORDER,
     VALIDATION_POINTS,
     FastRetriever,
     RetrievalContext,
     check_points,
+    check_share,
     retrieve_averages,
 )
 from range_dist.retrieval.timing import StageTimes
@@ -75,12 +87,17 @@ BASIS_FIT_ROWS = 8192
 #: Patches of lattice cells where the interpolation error of a spacing is measured, and their side (cells).
 PROBES = 32
 PROBE_CELLS = 1
+#: Neighbours counted for the row density around a point (:func:`probe_centres`).
+SPARSE_NEIGHBOURS = 16
 #: How much larger than the probes' largest error the per-call check may find: it takes the largest
 #: error over every lattice cell of a tile (thousands), the probes over :data:`PROBES` cells. On the
 #: L = 40 benchmark (``benchmarks/grid_job.py``, 0.1°, 100k rows) the tile's worst cell erred 3-8x more
 #: than the probes' at the same spacing, so a spacing chosen without margin failed its first per-call
 #: check and the whole tile was evaluated again on a finer lattice.
 PROBE_MARGIN = 4.0
+#: The fast mode is used only when its estimate is below this share of the exact one: a plan that saves
+#: less than the estimate's error (and a refined lattice in one tile costs more than that) is not worth it.
+FAST_MARGIN = 0.9
 #: Times the final check may make every lattice one ladder step finer before the plan is refused.
 FINAL_REFINEMENTS = 2
 #: Points of the exact retrieval timed before planning, to decide whether planning can pay.
@@ -125,6 +142,7 @@ class _Costs:
     exact_blend: float = 0.0
     fast_blend: float = 0.0
     head: dict[str, float] = field(default_factory=dict)  # one head at the plan's value width
+    check: dict[str, float] = field(default_factory=dict)  # one head on the error sketch (a check point)
     interpolation: float = 0.0
 
 
@@ -161,19 +179,21 @@ def _exact_seconds_per_point(context: RetrievalContext, selection: npt.NDArray[n
     return seconds / max(n, 1)
 
 
-def paying_spacings(call: npt.NDArray[np.float64], ladder: Sequence[float]) -> tuple[float, ...]:
+def paying_spacings(call: npt.NDArray[np.float64], ladder: Sequence[float], check_weight: float = 1.0,
+                    ) -> tuple[float, ...]:
     """The spacings of ``ladder`` whose lattice could pay for a call of these points.
 
-    A call interpolates a head only when its lattice nodes and check points number fewer than
-    :data:`LATTICE_COST_RATIO` per point (each costs about what a point computed directly does), so a
-    spacing too fine for the run's calls (e.g. a 0.5° lattice for a 1° grid) is never worth probing.
-    The ladder is coarsest first, so this is a prefix of it.
+    A call interpolates a head only when its lattice nodes, plus its check points at ``check_weight``
+    of a node each (sketched checks are cheaper), number fewer than :data:`LATTICE_COST_RATIO` per
+    point (a node costs about what a point computed directly costs), so a spacing too fine for the
+    run's calls (e.g. a 0.25° lattice for a 0.5° grid) is never worth probing. The ladder is coarsest
+    first, so this is a prefix of it.
     """
     paying = []
     for spacing in ladder:
         checks = check_points(call, spacing)
-        nodes = len(lattice_stencils(np.concatenate([call, checks]), spacing).nodes)
-        if nodes + len(checks) >= LATTICE_COST_RATIO * len(call):
+        nodes = lattice_node_count(np.concatenate([call, checks]), spacing)
+        if nodes + check_weight * len(checks) >= LATTICE_COST_RATIO * len(call):
             break
         paying.append(spacing)
     return tuple(paying)
@@ -225,6 +245,24 @@ def probe_points(centres: npt.NDArray[np.float64], spacing: float) -> npt.NDArra
     cells[:, 0] = (cells[:, 0] + 180.0) % 360.0 - 180.0
     cells[:, 1] = np.clip(cells[:, 1], -89.999, 89.999)
     return check_points(cells, spacing, PROBE_FRACTIONS)
+
+
+def probe_centres(context: RetrievalContext, selection: npt.NDArray[np.float64], points: npt.NDArray[np.float64],
+                  count: int) -> npt.NDArray[np.float64]:
+    """(count, 2) where to probe: half of them sample points, half the run's points with the sparsest rows around.
+
+    The spatial head is sharpest where few database rows lie within its ~9° kernel: on the L = 40
+    benchmark at 1° over global land, cells of remote islands (Polynesia, South Georgia) erred 30x
+    the continents' at the same spacing, and random probes never met them.
+    """
+    half = count // 2
+    xyz = torch.as_tensor(_unit(points), dtype=context.db.dtype, device=context.db.device)
+    k = min(SPARSE_NEIGHBOURS, context.db.rows)
+    # the k-th nearest row's cosine per point, in blocks (no (n, M) matrix at once)
+    kth = torch.cat([torch.topk(xyz[s : s + 256] @ context.db.xyz.T, k, dim=1).values[:, -1]
+                     for s in range(0, len(xyz), 256)])
+    sparsest = points[torch.argsort(kth)[:half].cpu().numpy()]
+    return np.concatenate([selection[: count - len(sparsest)], sparsest])
 
 
 def basis_rows(rows: int, seed: int) -> npt.NDArray[np.int64]:
@@ -295,7 +333,11 @@ def plan_fast(
 
     # the spacings worth probing per head: all of the ladder, or those that could pay for the run's calls
     # (none on a grid too coarse for any lattice: then only the PCA basis is tried, which may still pay)
-    ladders = {h: SPACING_LADDER[h] if workload is None else paying_spacings(workload.call, SPACING_LADDER[h])
+    sketch = ErrorSketch.for_width(context.db.value_dim)
+    shares = {h: check_share(h, int(context.db.keys.shape[1]), context.db.value_dim,
+                             None if sketch is None else sketch.dim) for h in settings.heads}
+    ladders = {h: SPACING_LADDER[h] if workload is None else paying_spacings(workload.call, SPACING_LADDER[h],
+                                                                             shares[h])
                for h in settings.heads}
     with torch.no_grad():
         selection_features = _feature_costs(context, selection, costs)
@@ -303,12 +345,13 @@ def plan_fast(
             costs.exact = _exact_seconds_per_point(context, selection, settings, selection_features)
             exact_total = estimate_exact(costs_dict(costs), workload)
             # two samples with every head; ~3 spacings tried per head, each PROBES patches of nodes +
-            # probe points with that head alone (about 1/H of the exact cost)
+            # probe points with that head alone (about 1/H of the exact cost), on the error sketch
             both = 2 * len(selection)
-            tries = sum(min(3, len(ladder)) for ladder in ladders.values())
-            one_head = tries * PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
-            planning = (both * (costs.features + costs.exact)
-                        + one_head * (costs.features + costs.exact / len(settings.heads)) + 12 * costs.features_call)
+            per_try = PROBES * ((PROBE_CELLS + 5) ** 2 + 5 * PROBE_CELLS**2)
+            planning = (both * (costs.features + costs.exact) + 12 * costs.features_call
+                        + sum(min(3, len(ladder)) * per_try * (costs.features + shares[h] * costs.exact
+                                                               / len(settings.heads))
+                              for h, ladder in ladders.items()))
             if planning > PLAN_BUDGET_SHARE * exact_total:
                 return fallback(
                     f"the run is too small for the fast mode to pay: exact ≈ {exact_total:.1f} s for "
@@ -328,29 +371,52 @@ def plan_fast(
         plan = FastPlan(tolerance, basis)
         stages = StageTimes()
         retriever = FastRetriever(context, plan, stages=stages)
-        # per-point cost of each head at the plan's width (direct computation)
+        # per-point cost of each head at the plan's width (direct computation), and on the error sketch,
+        # timed on GATE_POINTS of the sample (the cost per point does not depend on the points)
+        retriever.sketch_db  # noqa: B018 (made once, before it is timed)
+        timed = min(GATE_POINTS, len(selection))
         for head in settings.heads:
-            _, seconds = _timed(retriever._retrieve, (head,), q_hat, xyz, settings)
-            costs.head[head] = seconds / len(selection)
+            _, seconds = _timed(retriever._retrieve, (head,), q_hat[:timed], xyz[:timed], settings)
+            costs.head[head] = seconds / timed
+            _, seconds = _timed(retriever._retrieve, (head,), q_hat[:timed], xyz[:timed], settings, None, True)
+            costs.check[head] = seconds / timed
 
         spacing: dict[str, float] = {}
+        centres = probe_centres(context, selection, points, PROBES)
         for h_index, head in enumerate(settings.heads):
             weight = torch.as_tensor(weights[h_index], dtype=torch.float64, device=norms.device)
             if float(weight.max()) == 0.0:
                 continue
             ladder = ladders[head]
+
+            def probe_error(step: float, head: str = head, weight: torch.Tensor = weight) -> float:
+                probes = probe_points(centres, step)
+                # an orthonormal PCA basis keeps norms: the coefficient error is the value error (the
+                # sketch estimates its norm, within the margin below)
+                diff = (retriever.sketched_interpolated(head, step, probes, settings)
+                        - retriever.sketched_exact(head, probes, settings))
+                return float((weight * diff.double().norm(dim=-1).max() / min_norms).max())
+
             step: float | None = ladder[0] if ladder else None
+            failed = float("inf")  # the finest spacing that failed so far
             while step is not None:
-                probes = probe_points(selection[:PROBES], step)
-                q_p, xyz_p = context.features(probes)
-                (reference,) = retriever._retrieve((head,), q_p, xyz_p, settings)
-                # an orthonormal PCA basis keeps norms: the coefficient error is the value error
-                diff = retriever.interpolated(head, step, probes, settings) - reference
-                error = float((weight * diff.double().norm(dim=-1).max() / min_norms).max())
+                error = probe_error(step)
                 if error * PROBE_MARGIN <= target:
+                    # the prediction may have jumped over coarser spacings that fit too (each saves ~1/h² of
+                    # the lattice in every tile): try those that the slower convergence of real heads still
+                    # lets fit, coarsest first
+                    reach = _predicted(step, error * PROBE_MARGIN, target, REFINE_ORDER)
+                    for coarser in [x for x in ladder if step < x < failed and x <= reach]:
+                        coarse_error = probe_error(coarser)
+                        if coarse_error * PROBE_MARGIN <= target:
+                            step, error = coarser, coarse_error
+                            break
                     spacing[head] = step
                     component_errors[f"interpolation_{head}"] = error
                     break
+                failed = step
+                if workload is not None and _predicted(step, error * PROBE_MARGIN, target) < 0.8 * ladder[-1]:
+                    break  # even the error model's optimistic guess is finer than any lattice that pays
                 step = next_spacing(ladder, step, error * PROBE_MARGIN, target)
 
         if basis is None and not spacing and workload is not None and any(
@@ -367,6 +433,16 @@ def plan_fast(
 
         plan = replace(plan, spacing=spacing, component_errors=component_errors,
                        pca_worst_case=None if basis is None else row_residual_bound(context.values, basis))
+        if workload is not None:  # before the final check: stop here when the chosen plan cannot pay
+            if spacing:
+                costs.interpolation = max(_interpolation_cost(check, h, int(retriever.db.values_aug.shape[1]) - 1,
+                                                              context.db.device, context.db.dtype)
+                                          for h in spacing.values())
+            costs.fast_blend = costs.exact_blend * (1.0 if basis is None else 2.0)
+            early = replace(plan, costs=costs_dict(costs), planning_seconds=time.perf_counter() - started)
+            slower = _not_clearly_faster(early, settings.heads, workload)
+            if slower is not None:
+                return slower
         q_check, xyz_check, check_avg = _exact(context, check, settings)
         exact_check = blend_heads(dict(zip(settings.heads, check_avg)), q_check, betas, context.variant)
         for _ in range(FINAL_REFINEMENTS + 1):
@@ -395,15 +471,28 @@ def plan_fast(
     plan = replace(plan, costs=costs_dict(costs))
     if workload is None:
         return plan
-    estimate = estimate_seconds(plan, settings.heads, workload)
-    plan = replace(plan, estimate=estimate, planning_seconds=time.perf_counter() - started)
-    if estimate["fast"] >= estimate["exact"]:
-        return replace(plan, fallback=(
-            f"the fast mode would not be faster here: estimated {estimate['fast']:.1f} s against "
-            f"{estimate['exact']:.1f} s exact for {workload.points:,} points in calls of {len(workload.call):,} "
-            f"(value rank {plan.value_rank}, lattice {plan.spacing or 'none'}; per point: features "
-            f"{costs.features * 1e3:.3f} ms, exact retrieval {costs.exact * 1e3:.3f} ms)"))
-    return plan
+    plan = replace(plan, planning_seconds=time.perf_counter() - started)
+    return _not_clearly_faster(plan, settings.heads, workload) or replace(
+        plan, estimate=estimate_seconds(plan, settings.heads, workload))
+
+
+def _predicted(spacing: float, error: float, target: float, order: float = TAPS) -> float:
+    """The spacing the error model (error ∝ h^order) predicts for ``target``, from ``error`` at ``spacing``."""
+    return spacing * (target / error) ** (1.0 / order) if error > 0 else spacing
+
+
+def _not_clearly_faster(plan: FastPlan, heads: Sequence[str], workload: Workload) -> FastPlan | None:
+    """``plan`` marked ``fallback`` (with the estimate and why) when its estimate is not below
+    :data:`FAST_MARGIN` of the exact mode's; None when it pays."""
+    estimate = estimate_seconds(plan, heads, workload)
+    if estimate["fast"] < FAST_MARGIN * estimate["exact"]:
+        return None
+    costs = plan.costs
+    return replace(plan, estimate=estimate, fallback=(
+        f"the fast mode would not be clearly faster here: estimated {estimate['fast']:.1f} s against "
+        f"{estimate['exact']:.1f} s exact (it must be below {FAST_MARGIN:.0%} of it) for {workload.points:,} points "
+        f"in calls of {len(workload.call):,} (value rank {plan.value_rank}, lattice {plan.spacing or 'none'}; per "
+        f"point: features {costs['features'] * 1e3:.3f} ms, exact retrieval {costs['exact'] * 1e3:.3f} ms)"))
 
 
 def costs_dict(costs: _Costs) -> dict[str, float]:
@@ -411,6 +500,7 @@ def costs_dict(costs: _Costs) -> dict[str, float]:
     out = {"features": costs.features, "features_call": costs.features_call, "exact": costs.exact,
            "exact_blend": costs.exact_blend, "fast_blend": costs.fast_blend, "interpolation": costs.interpolation}
     out.update({f"head:{h}": v for h, v in costs.head.items()})
+    out.update({f"check:{h}": v for h, v in costs.check.items()})
     return out
 
 
@@ -429,7 +519,8 @@ def estimate_seconds(plan: FastPlan, heads: Sequence[str], workload: Workload) -
     for head in heads:
         per_point = c.get(f"head:{head}", c["exact"])
         spacing = plan.spacing.get(head)
-        lattice = lattice_cost(call, spacing, c, per_point) if spacing is not None else None
+        lattice = None if spacing is None else lattice_cost(call, spacing, c, per_point,
+                                                             c.get(f"check:{head}", per_point))
         fast += n * per_point if lattice is None else min(lattice, n * per_point)
     return {"exact": estimate_exact(c, workload), "fast": fast * workload.calls, "planning": plan.planning_seconds}
 
@@ -447,10 +538,10 @@ def estimate_exact(costs: dict[str, float], workload: Workload) -> float:
 
 
 def lattice_cost(lonlat: npt.NDArray[np.float64], spacing: float, costs: dict[str, float],
-                 head_per_point: float) -> float:
-    """Predicted seconds of one head interpolated over the points: nodes and check points exactly (two
-    SatCLIP calls), then the interpolation."""
+                 head_per_point: float, check_per_point: float) -> float:
+    """Predicted seconds of one head interpolated over the points: nodes exactly and check points on the
+    error sketch (two SatCLIP calls), then the interpolation."""
     checks = check_points(lonlat, spacing)
-    nodes = len(lattice_stencils(np.concatenate([lonlat, checks]), spacing).nodes)
-    return (2 * costs["features_call"] + (nodes + len(checks)) * (costs["features"] + head_per_point)
-            + len(lonlat) * costs["interpolation"])
+    nodes = lattice_node_count(np.concatenate([lonlat, checks]), spacing)
+    return (2 * costs["features_call"] + nodes * (costs["features"] + head_per_point)
+            + len(checks) * (costs["features"] + check_per_point) + len(lonlat) * costs["interpolation"])

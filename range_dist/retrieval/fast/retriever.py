@@ -9,6 +9,10 @@ less than the points themselves (dense grids, tiles); sparse calls compute it di
 interpolated head is then checked in the call: evaluated exactly at the centre and edge midpoints
 of each lattice cell holding points, its error relative to the call's smallest embedding norm must
 stay within the component share, or the call moves to a finer lattice, down to computing directly.
+The check evaluates the head on an :class:`~range_dist.retrieval.fast.approximations.ErrorSketch` of
+the values (a quarter of the cost for the semantic head, a tenth for the spatial one): a point whose
+sketched error is within half the budget passes, one above twice the budget fails the call, and the
+points between are evaluated in full (:meth:`FastRetriever._check`).
 A spacing that a call had to refine to is where the retriever's later calls (neighbouring tiles)
 start, so a run pays for a too-coarse lattice once, not once per tile.
 """
@@ -24,12 +28,14 @@ import torch
 
 from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend_heads, retrieve_partials
 from range_dist.retrieval.fast.approximations import (
+    ErrorSketch,
     Stencils,
     ValueBasis,
+    check_spacing,
     interpolate,
     lattice_stencils,
 )
-from range_dist.retrieval.fast.plan import SPACING_LADDER, FastPlan, head_weights
+from range_dist.retrieval.fast.plan import SPACING_LADDER, FastPlan, head_weights, next_spacing
 from range_dist.retrieval.timing import StageTimes
 
 #: Share of the tolerance given to each approximation when choosing it (the rest is headroom for
@@ -43,6 +49,13 @@ VALIDATION_POINTS = 256
 #: Bytes of lattice-node values kept between calls per (head, spacing), so that neighbouring tiles
 #: of a run share the nodes of their common border instead of evaluating them again.
 NODE_CACHE_BYTES = 64 * 2**20
+#: The order of convergence a failed check assumes when it predicts the spacing to refine to: below the
+#: kernel's TAPS, as measured on the L = 40 benchmark's heads (error ∝ h^3.5 to h^5 at 1e-4 to 1e-3).
+REFINE_ORDER = 4.0
+#: A check point passes on its sketched error when that is within budget / SKETCH_SCREEN, and fails
+#: the call when it is above budget · SKETCH_SCREEN; in between it is evaluated in full. The sketch is
+#: off by more than this factor with probability < 1e-17 per point (see ``ErrorSketch``).
+SKETCH_SCREEN = 2.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,10 @@ class FastStats:
         interpolated_heads: (call, head) pairs interpolated and passing their check.
         direct_heads: (call, head) pairs computed directly (sparse points, or a check never passed).
         refinements: checks failed and retried at a finer spacing.
-        checked_points: check points evaluated exactly (:data:`CHECK_FRACTIONS` per touched lattice cell).
+        checked_points: check points evaluated exactly (:data:`CHECK_FRACTIONS` per touched lattice cell),
+            on the error sketch.
+        rechecked_points: check points whose sketched error was too close to the budget to decide, evaluated
+            in full.
         max_checked_error: the largest passing check error (relative to the embedding's norm).
         lattice_nodes: lattice nodes evaluated exactly.
         shared_nodes: lattice nodes reused from an earlier call (a neighbouring tile) instead.
@@ -83,6 +99,7 @@ class FastStats:
     direct_heads: int = 0
     refinements: int = 0
     checked_points: int = 0
+    rechecked_points: int = 0
     max_checked_error: float = 0.0
     lattice_nodes: int = 0
     shared_nodes: int = 0
@@ -90,6 +107,7 @@ class FastStats:
     def summary(self) -> str:
         return (f"fast mode checks: {self.interpolated_heads} interpolated head(s) passed their per-cell check "
                 f"(largest error {self.max_checked_error:.2e}, {self.checked_points:,} points evaluated, "
+                f"{self.rechecked_points:,} of them in full, "
                 f"{self.refinements} refinement(s)); {self.direct_heads} computed directly; "
                 f"{self.lattice_nodes:,} lattice nodes evaluated, {self.shared_nodes:,} shared with a neighbour")
 
@@ -110,12 +128,23 @@ PROBE_FRACTIONS = CHECK_FRACTIONS
 
 def check_points(lonlat: npt.NDArray[np.float64], spacing: float,
                  fractions: tuple[tuple[float, float], ...] = CHECK_FRACTIONS) -> npt.NDArray[np.float64]:
-    """(c, 2) (lon, lat) check points (``fractions`` of each cell) of the lattice cells holding the points."""
-    cells = np.unique(np.floor(np.stack([(lonlat[:, 0] + 180.0) / spacing, (lonlat[:, 1] + 90.0) / spacing],
-                                        axis=1)), axis=0)
-    points = np.unique(np.concatenate([cells + np.array(frac) for frac in fractions]), axis=0)
-    lon = (-180.0 + points[:, 0] * spacing + 180.0) % 360.0 - 180.0
-    lat = np.clip(-90.0 + points[:, 1] * spacing, -90.0, 90.0)
+    """(c, 2) (lon, lat) check points (``fractions`` of each cell) of the lattice cells holding the points.
+
+    Sorted by column, then row; a point shared by neighbouring cells (an edge midpoint) appears once.
+    """
+    x = np.floor((lonlat[:, 0] + 180.0) / spacing).astype(np.int64)
+    y = np.floor((lonlat[:, 1] + 90.0) / spacing).astype(np.int64)
+    # the fractions are multiples of 1/2: points on the half-spacing lattice, one int64 key each
+    # (unique on pairs of floats is ~50x slower on a 65k-point tile)
+    half = np.array([(round(2 * fx), round(2 * fy)) for fx, fy in fractions], dtype=np.int64)
+    if np.any(np.abs(half / 2.0 - np.array(fractions)) > 1e-12):
+        raise ValueError(f"check fractions must be multiples of 1/2, got {fractions}")
+    rows = check_spacing(spacing) + 8  # > the largest half-step row key, 360/h + 4 (fraction 1 at lat 90°)
+    cells = np.unique((2 * x + 2) * rows + 2 * y + 2)
+    keys = np.unique((cells[:, None] + half[:, 0] * rows + half[:, 1]).reshape(-1))
+    px, py = keys // rows - 2, keys % rows - 2
+    lon = (-180.0 + px * (spacing / 2.0) + 180.0) % 360.0 - 180.0
+    lat = np.clip(-90.0 + py * (spacing / 2.0), -90.0, 90.0)
     return np.stack([lon, lat], axis=1)
 
 
@@ -152,19 +181,50 @@ class FastRetriever:
                 aug[start : start + 16384, :-1] = plan.basis.coefficients(db.values_aug[start : start + 16384, :-1])
             aug[:, -1] = 1.0
             self.db = db.with_values(aug)
+        self.sketch = ErrorSketch.for_width(int(self.db.values_aug.shape[1]) - 1)
+        self._sketch_db: DeviceDatabase | None = None
+
+    @property
+    def sketch_db(self) -> DeviceDatabase:
+        """The rows with sketched values ``[V·R | 1]`` (M, r + 1) (the full values when there is no sketch)."""
+        if self.sketch is None:
+            return self.db
+        if self._sketch_db is None:
+            full = self.db.values_aug
+            aug = torch.empty((self.db.rows, self.sketch.dim + 1), dtype=full.dtype, device=full.device)
+            for start in range(0, self.db.rows, 16384):  # row blocks: bounded temporaries
+                aug[start : start + 16384, :-1] = self.sketch.project(full[start : start + 16384, :-1])
+            aug[:, -1] = 1.0
+            self._sketch_db = self.db.with_values(aug)
+        return self._sketch_db
+
+    def sketched(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, r) sketch of (…, C) head averages (themselves without a sketch)."""
+        return x if self.sketch is None else self.sketch.project(x)
 
     def _retrieve(self, heads: tuple[str, ...], q_hat: torch.Tensor, xyz: torch.Tensor,
-                  settings: RetrievalSettings, stage: str | None = None) -> list[torch.Tensor]:
+                  settings: RetrievalSettings, stage: str | None = None, sketched: bool = False) -> list[torch.Tensor]:
+        """(n, C) exact averages of ``heads``, or (n, r) of their sketches."""
         with self.stages.stage(stage or f"{'+'.join(heads)}: direct"):
-            return retrieve_averages(self.db, heads, q_hat, xyz, settings)
+            return retrieve_averages(self.sketch_db if sketched else self.db, heads, q_hat, xyz, settings)
 
-    def _node_values(self, head: str, stencils: Stencils, settings: RetrievalSettings) -> torch.Tensor:
-        """(U, C) exact ``head`` at the stencils' nodes: reused from earlier calls where they overlap."""
+    def sketched_exact(self, head: str, lonlat: npt.NDArray[np.float64], settings: RetrievalSettings) -> torch.Tensor:
+        """(n, r) sketch of the exact ``head`` at the points (the planner's probes)."""
+        q, xyz = self.context.features(lonlat)
+        (exact,) = self._retrieve((head,), q, xyz, settings, f"{head}: probes", sketched=True)
+        return exact
+
+    def _node_values(self, head: str, stencils: Stencils, settings: RetrievalSettings,
+                     sketched: bool = False) -> torch.Tensor:
+        """(U, C) exact ``head`` at the stencils' nodes (or (U, r) sketches): reused from earlier calls where
+        they overlap."""
         self._calls += 1
         keys = stencils.keys
-        cached = self._nodes.get((head, stencils.spacing))
-        width = int(self.db.values_aug.shape[1]) - 1
-        values = torch.empty((len(keys), width), dtype=self.db.dtype, device=self.db.device)
+        db = self.sketch_db if sketched else self.db
+        cache_key = (f"{head} sketch" if sketched else head, stencils.spacing)
+        cached = self._nodes.get(cache_key)
+        width = int(db.values_aug.shape[1]) - 1
+        values = torch.empty((len(keys), width), dtype=db.dtype, device=db.device)
         hit = np.zeros(len(keys), dtype=bool)
         if cached is not None:
             old_keys, old_values, _ = cached
@@ -175,19 +235,20 @@ class FastRetriever:
         new = np.flatnonzero(~hit)
         if len(new):
             node_q, node_xyz = self.context.features(stencils.nodes[new])
-            (values[torch.from_numpy(new)],) = self._retrieve((head,), node_q, node_xyz, settings,
-                                                              f"{head}: lattice nodes")
-        self.stats.lattice_nodes += len(new)
-        self.stats.shared_nodes += int(hit.sum())
-        self._remember(head, stencils.spacing, keys, values, cached)
+            (values[torch.from_numpy(new)],) = self._retrieve(
+                (head,), node_q, node_xyz, settings, f"{head}: {'probes' if sketched else 'lattice nodes'}", sketched)
+        if not sketched:
+            self.stats.lattice_nodes += len(new)
+            self.stats.shared_nodes += int(hit.sum())
+        self._remember(cache_key, keys, values, cached)
         return values
 
-    def _remember(self, head: str, spacing: float, keys: npt.NDArray[np.int64], values: torch.Tensor,
+    def _remember(self, cache_key: tuple[str, float], keys: npt.NDArray[np.int64], values: torch.Tensor,
                   cached: tuple[npt.NDArray[np.int64], torch.Tensor, npt.NDArray[np.int64]] | None) -> None:
         """Keep this call's nodes and, within :data:`NODE_CACHE_BYTES`, the most recently used older ones."""
         limit = NODE_CACHE_BYTES // max(1, values.element_size() * values.shape[1])
         if len(keys) >= limit:
-            self._nodes.pop((head, spacing), None)
+            self._nodes.pop(cache_key, None)
             return
         used = np.full(len(keys), self._calls, dtype=np.int64)
         if cached is not None:
@@ -199,7 +260,7 @@ class FastRetriever:
             used = np.concatenate([used, old_used[older]])
             order = np.argsort(keys)
             keys, used, values = keys[order], used[order], values[torch.from_numpy(order)]
-        self._nodes[(head, spacing)] = (keys, values, used)
+        self._nodes[cache_key] = (keys, values, used)
 
     def _interpolate(self, head: str, stencils: Stencils, settings: RetrievalSettings) -> torch.Tensor:
         """(n, C) ``head`` at the stencils' queries, from exact values at their lattice nodes."""
@@ -212,6 +273,14 @@ class FastRetriever:
         """(n, C) ``head`` at the points, interpolated from exact values on the lattice of ``spacing``."""
         return self._interpolate(head, lattice_stencils(lonlat, spacing), settings)
 
+    def sketched_interpolated(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
+                              settings: RetrievalSettings) -> torch.Tensor:
+        """(n, r) sketch of :meth:`interpolated` (interpolation is linear: the sketches of the nodes, interpolated)."""
+        stencils = lattice_stencils(lonlat, spacing)
+        node_avg = self._node_values(head, stencils, settings, sketched=True)
+        with self.stages.stage(f"{head}: interpolation"):
+            return interpolate(node_avg, stencils)
+
     def _checked_lattice(self, head: str, spacing: float, lonlat: npt.NDArray[np.float64],
                          settings: RetrievalSettings) -> tuple[torch.Tensor, Checkpoints] | None:
         """``head`` interpolated at the points and at the check points of their cells (one node set);
@@ -219,7 +288,7 @@ class FastRetriever:
         with self.stages.stage(f"{head}: interpolation"):
             points = check_points(lonlat, spacing)
             stencils = lattice_stencils(np.concatenate([lonlat, points]), spacing)
-        if not self._lattice_pays(head, len(lonlat), self._unshared(head, stencils) + len(points)):
+        if not self._lattice_pays(head, len(lonlat), self._unshared(head, stencils), len(points)):
             return None
         values = self._interpolate(head, stencils, settings)
         return values[: len(lonlat)], (points, values[len(lonlat) :])
@@ -233,37 +302,61 @@ class FastRetriever:
         pos = np.minimum(np.searchsorted(old_keys, stencils.keys), len(old_keys) - 1)
         return int((old_keys[pos] != stencils.keys).sum())
 
-    def _lattice_pays(self, head: str, points: int, evaluations: int) -> bool:
-        """Whether ``evaluations`` exact lattice evaluations (nodes + checks) cost less than ``points`` direct ones.
+    def _lattice_pays(self, head: str, points: int, nodes: int, checks: int) -> bool:
+        """Whether the lattice's exact evaluations (nodes, and sketched checks) cost less than ``points`` direct ones.
 
-        With the per-point costs the planner measured: an evaluation pays for its features and the head,
-        a point computed directly only for the head (its features are needed anyway). Without them, the
-        count rule :data:`LATTICE_COST_RATIO`.
+        With the per-point costs the planner measured: a node pays for its features and the head, a
+        check point for its features and the sketched head, a point computed directly only for the head
+        (its features are needed anyway). Without them, the count rule :data:`LATTICE_COST_RATIO`, a
+        check point counted at :meth:`check_share` of a node.
         """
         costs = self.plan.costs
         head_cost = costs.get(f"head:{head}")
         if head_cost is None or "features" not in costs:
-            return evaluations < LATTICE_COST_RATIO * points
-        lattice = (2 * costs.get("features_call", 0.0) + evaluations * (costs["features"] + head_cost)
-                   + points * costs.get("interpolation", 0.0))
+            return nodes + self.check_share(head) * checks < LATTICE_COST_RATIO * points
+        check_cost = costs.get(f"check:{head}", head_cost)
+        lattice = (2 * costs.get("features_call", 0.0) + nodes * (costs["features"] + head_cost)
+                   + checks * (costs["features"] + check_cost) + points * costs.get("interpolation", 0.0))
         return lattice < points * head_cost
 
+    def check_share(self, head: str) -> float:
+        """A check point's cost relative to a lattice node's, by FLOPs per (point, row) (1 without a sketch)."""
+        return check_share(head, self.db.keys.shape[1], int(self.db.values_aug.shape[1]) - 1,
+                           None if self.sketch is None else self.sketch.dim)
+
     def _check(self, head: str, checks: Checkpoints, settings: RetrievalSettings, weights: torch.Tensor,
-               norms: torch.Tensor) -> float:
+               norms: torch.Tensor, budget: float) -> float:
         """Largest relative error of the interpolated ``head`` over the check points of the call's cells.
+
+        Every check point is evaluated on the error sketch; the sketched error decides where it is
+        clearly within (or clearly above) the budget, and the points in between are evaluated in full.
 
         Args:
             checks: the check points and the interpolated values there.
             weights: (B,) the head's weight at each β.
             norms: (B,) the smallest embedding norm of the call's points at each β.
+            budget: the error the head may have.
+
+        Returns:
+            The largest error: in full where a point was evaluated in full, else as sketched. Above
+            ``budget`` when the check fails.
         """
         points, approx = checks
         q, xyz = self.context.features(points)
-        (exact,) = self._retrieve((head,), q, xyz, settings, f"{head}: checks")
-        self.stats.checked_points += len(points)
+        scale = float((weights / norms).max())
         # an orthonormal PCA basis keeps norms: the coefficient error is the value error
-        worst = float((approx - exact).double().norm(dim=1).max())
-        return float((weights * worst / norms).max())
+        (exact,) = self._retrieve((head,), q, xyz, settings, f"{head}: checks", sketched=self.sketch is not None)
+        errors = (self.sketched(approx) - exact).double().norm(dim=1) * scale
+        self.stats.checked_points += len(points)
+        if self.sketch is None or float(errors.max()) * SKETCH_SCREEN <= budget:
+            return float(errors.max())
+        if float(errors.max()) > SKETCH_SCREEN * budget:
+            return float(errors.max())  # clearly above: the call refines without a full evaluation
+        undecided = torch.nonzero(errors * SKETCH_SCREEN > budget).flatten()
+        (full,) = self._retrieve((head,), q[undecided], xyz[undecided], settings, f"{head}: checks")
+        self.stats.rechecked_points += len(undecided)
+        errors[undecided] = (approx[undecided] - full).double().norm(dim=1) * scale
+        return float(errors.max())
 
     def embed(
         self, lonlat: npt.NDArray[np.float64], q_hat: torch.Tensor, xyz: torch.Tensor, betas: Sequence[float],
@@ -321,9 +414,8 @@ class FastRetriever:
         budget = COMPONENT_SHARE * self.plan.tolerance
         for head, h in spacing.items():
             weights = torch.as_tensor(head_weights(variant, betas, head), dtype=torch.float64, device=norms.device)
-            finer = [x for x in SPACING_LADDER[head] if x < h]
             while True:
-                error = self._check(head, checks[head], settings, weights, norms)
+                error = self._check(head, checks[head], settings, weights, norms, budget)
                 if error <= budget:
                     self.stats.interpolated_heads += 1
                     self.stats.max_checked_error = max(self.stats.max_checked_error, error)
@@ -333,8 +425,11 @@ class FastRetriever:
                     break
                 self.stats.refinements += 1
                 lattice = None
-                if finer:
-                    h = finer.pop(0)
+                # straight to the spacing predicted to pass (not one ladder step at a time: each try costs
+                # a whole lattice), with the slower convergence seen on real heads
+                finer = next_spacing(SPACING_LADDER[head], h, error, budget, order=REFINE_ORDER)
+                if finer is not None:
+                    h = finer
                     lattice = self._checked_lattice(head, h, lonlat, settings)
                 if lattice is None:
                     (averages[head],) = self._retrieve((head,), q_hat, xyz, settings)
@@ -343,6 +438,23 @@ class FastRetriever:
                 averages[head], checks[head] = lattice
         self.stats.direct_heads += len(direct)
         return averages
+
+
+#: What one exponential costs in matrix-product FLOPs (a rough rate for the count rule of ``check_share``).
+EXP_FLOPS = 32
+
+
+def check_share(head: str, key_dim: int, width: int, sketch_dim: int | None) -> float:
+    """FLOPs per (point, row) of a sketched check of ``head`` relative to an evaluation in full.
+
+    Scores ``2·K`` (semantic) or ``2·3`` (spatial), plus the values product ``2·(C + 1)``, or
+    ``2·(r + 1)`` on the sketch; the exponential is counted as :data:`EXP_FLOPS`.
+    """
+    if sketch_dim is None:
+        return 1.0
+    scores = 2 * key_dim if head == "sem" else 6
+    return (scores + EXP_FLOPS + 2 * (sketch_dim + 1)) / (scores + EXP_FLOPS + 2 * (width + 1))
+
 
 
 def embedding_norms(averages: dict[str, torch.Tensor], q_hat: torch.Tensor, betas: Sequence[float], variant: str,
