@@ -357,7 +357,9 @@ def describe_fast(attr: dict[str, Any]) -> str:
         return f"exact fallback: {attr.get('reason', '?')}"
     heads = ", ".join(f"{h} {v['spacing_deg']}°" for h, v in attr.get("interpolated_heads", {}).items())
     plan_s = attr.get("planning_seconds")
-    return (f"rank {attr.get('value_rank')}, {heads or 'no lattice'}; plan err {attr.get('measured_error', 0):.1e}"
+    measured = attr.get("measured_error")
+    checked = "checked per call" if measured is None else f"plan err {measured:.1e}"
+    return (f"rank {attr.get('value_rank')}, {heads or 'no lattice'}; {checked}"
             + (f", planned in {plan_s:.1f} s" if plan_s is not None else ""))
 
 

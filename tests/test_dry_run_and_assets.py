@@ -52,7 +52,7 @@ def test_embed_grid_dry_run_touches_nothing(sample_assets: tuple[Path, Path], tm
             assert "read:" in printed.out and "compute:" in printed.out and "write:" in printed.out
         else:  # without --overwrite the plan itself is refused, naming the difference
             assert code == 2 and "different settings" in printed.err and "betas" in printed.err
-        assert "fast mode: measured error" not in printed.err  # no fast-mode planning in a dry run
+        assert "[embed-grid] fast mode" not in printed.err  # no fast-mode planning in a dry run
         assert snapshot(tmp_path, ckpt.parent) == before
     # the same settings: the dry run says it would resume
     assert main(_grid_args(ckpt, db, out, "--betas", "0,1", "--dry-run")) == 0

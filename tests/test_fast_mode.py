@@ -27,7 +27,7 @@ from range_dist.retrieval.fast.approximations import (
     node_lonlat,
 )
 from range_dist.retrieval.fast.plan import rank_errors, relative_errors
-from range_dist.retrieval.fast.retriever import embedding_norms, retrieve_averages
+from range_dist.retrieval.fast.retriever import embedding_norms, points_in_failing_cells, retrieve_averages
 from tests.helpers import random_points
 
 BETAS = (0.0, 0.5, 1.0)
@@ -226,6 +226,36 @@ def test_a_failing_cell_check_refines_the_lattice(location_encoder: SatCLIPLocat
     assert float(relative_errors(torch.from_numpy(again), torch.from_numpy(exact)).max()) <= TOLERANCE
 
 
+def test_a_few_failing_cells_are_computed_directly_and_the_lattice_kept(
+        location_encoder: SatCLIPLocationEncoder) -> None:
+    """A check that fails in a few cells computes their points directly instead of refining the whole call."""
+    db, points = DATABASES["clustered"], POINT_SETS["antimeridian_tile"]
+    fast = RangeEncoder(location_encoder, db, mode="fast", tolerance=TOLERANCE)
+    plan = fast.plan_fast(points, BETAS)
+    fast.use_plan(replace(plan, spacing={**plan.spacing, "sem": 2.0}), BETAS)  # too coarse in some cells only
+    got = fast.encode(points, BETAS)
+    exact = RangeEncoder(location_encoder, db).encode(points, BETAS)
+    assert fast.fast is not None
+    stats = fast.fast.stats
+    assert stats.refinements == 0 and 0 < stats.local_points < len(points) // 2, stats
+    assert float(relative_errors(torch.from_numpy(got), torch.from_numpy(exact)).max()) <= TOLERANCE
+    assert "points of failing cells computed directly" in stats.summary()
+
+
+def test_failing_check_points_mark_their_own_cells() -> None:
+    """A centre marks its cell, an edge midpoint the two cells sharing the edge, across the antimeridian too."""
+    spacing = 2.0
+    points = np.array([[1.0, 1.0], [3.0, 1.0], [-1.0, 1.0], [1.0, 3.0], [179.0, 1.0], [-179.0, 1.0], [1.0, -1.0]])
+    checks = np.array([[1.0, 1.0],  # the centre of cell (0°..2°, 0°..2°)
+                       [-180.0, 1.0]])  # the antimeridian edge between 178°..180° and -180°..-178°
+    first = points_in_failing_cells(points, checks, np.array([True, False]), spacing)
+    np.testing.assert_array_equal(first, [True, False, False, False, False, False, False])
+    second = points_in_failing_cells(points, checks, np.array([False, True]), spacing)
+    np.testing.assert_array_equal(second, [False, False, False, False, True, True, False])
+    edge = points_in_failing_cells(points, np.array([[2.0, 1.0]]), np.array([True]), spacing)  # x edge at 2°
+    np.testing.assert_array_equal(edge, [True, True, False, False, False, False, False])
+
+
 def test_fast_mode_interpolates_dense_calls_and_computes_sparse_ones(location_encoder: SatCLIPLocationEncoder,
                                                                       ) -> None:
     db = DATABASES["random"]
@@ -293,8 +323,12 @@ def test_grid_job_fast_mode_writes_provenance_and_stays_within_tolerance(
         assert provenance["requested_mode"] == "fast" and provenance["reason"]
         assert fast.attrs["range_dist:run_report"]["fast_checks"] is None
         return
-    assert provenance["tolerance"] == TOLERANCE and 0 < provenance["measured_error"] <= TOLERANCE
-    assert provenance["validation_points"] == 256 and provenance["interpolated_heads"]
+    assert provenance["tolerance"] == TOLERANCE and provenance["interpolated_heads"]
+    if provenance["value_rank"] is None:  # lattices only: no sample check, every tile checks its cells instead
+        assert provenance["measured_error"] is None and provenance["validation_points"] == 0
+        assert provenance["checked"] == "every call's lattice cells"
+    else:
+        assert 0 < provenance["measured_error"] <= TOLERANCE and provenance["validation_points"] == 256
     checks = fast.attrs["range_dist:run_report"]["fast_checks"]  # every tile's cell-centre checks
     assert checks["interpolated_heads"] >= 1 and checks["checked_points"] > 0
     assert 0 < checks["max_checked_error"] <= 0.25 * TOLERANCE  # relative, as the tolerance

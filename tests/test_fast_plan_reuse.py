@@ -98,9 +98,10 @@ def test_only_spacings_that_could_pay_for_the_calls_are_probed() -> None:
 
     dense = _tile(10.0, 0.0, 0.1, 128)  # a 0.1° tile: lattices down to a fraction of a degree pay
     coarse = _tile(0.0, 40.0, 1.0, 8)  # 64 cells of 1°: no lattice of the ladder pays
-    sem = paying_spacings(dense, SPACING_LADDER["sem"])
+    sem = paying_spacings(Workload(len(dense), dense), SPACING_LADDER["sem"])
     assert sem == SPACING_LADDER["sem"][: len(sem)] and 0.25 <= sem[-1] <= 1.0
-    assert paying_spacings(coarse, SPACING_LADDER["sem"]) == () and paying_spacings(coarse, SPACING_LADDER["geo"]) == ()
+    few = Workload(len(coarse), coarse)
+    assert paying_spacings(few, SPACING_LADDER["sem"]) == () and paying_spacings(few, SPACING_LADDER["geo"]) == ()
 
 
 def test_a_grid_too_coarse_for_any_lattice_still_tries_the_pca_basis(

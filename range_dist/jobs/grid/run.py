@@ -168,8 +168,11 @@ def plan_fast_mode(plan: GridPlan, log: Any = sys.stderr) -> FastPlan:
         print(f"[embed-grid] fast mode -> exact: {fast.fallback} (decided in {seconds:.1f} s)", file=log, flush=True)
     else:
         estimate = fast.estimate
-        print(f"[embed-grid] fast mode: measured error {fast.measured_error:.2e} <= tolerance {fast.tolerance:g} on "
-              f"{fast.validation_points} cells (value rank {fast.value_rank}, interpolated {fast.spacing or 'none'}; "
+        checked = (f"measured error {fast.measured_error:.2e} <= tolerance {fast.tolerance:g} on "
+                   f"{fast.validation_points} cells" if fast.validation_points else
+                   f"tolerance {fast.tolerance:g}, checked on every lattice cell of every tile as it runs")
+        print(f"[embed-grid] fast mode: {checked} (value rank {fast.value_rank}, interpolated "
+              f"{fast.spacing or 'none'}; "
               f"planned in {seconds:.1f} s; estimated {estimate.get('fast', float('nan')):.1f} s against "
               f"{estimate.get('exact', float('nan')):.1f} s exact)", file=log, flush=True)
     return fast

@@ -33,9 +33,10 @@ class FastPlan:
         tolerance: the user's bound on ``||emb_fast - emb_exact|| / ||emb_exact||`` per point and β.
         basis: truncated PCA basis of the values, or None (full values).
         spacing: lattice spacing (degrees) per interpolated head, e.g. ``{"geo": 2.0}``.
-        measured_error: largest relative error on the check sample (all β levels).
+        measured_error: largest relative error on the check sample (all β levels); NaN without one (a
+            plan of lattices only for a grid run: every call checks its lattice cells instead).
         component_errors: largest relative error of each approximation alone on the selection sample.
-        validation_points: points of the check sample (drawn from the run's own points).
+        validation_points: points of the check sample (drawn from the run's own points); 0 without one.
         pca_worst_case: ``max_i ||v_i - P_r v_i||``, a bound on the PCA part of the error at any point
             (the embedding norm is at least 1, since q̂ is a unit vector); None without PCA.
         fallback: why the run computes exactly instead (its cost estimate says the fast mode would
@@ -74,8 +75,10 @@ class FastPlan:
             "mode": "fast",
             "tolerance": self.tolerance,
             "error_metric": "max over points and beta of ||fast - exact||_2 / ||exact||_2",
-            "measured_error": self.measured_error,
+            # no sample check (a plan of lattices only, in a run whose every call is checked): None, not NaN
+            "measured_error": self.measured_error if self.validation_points else None,
             "validation_points": self.validation_points,
+            "checked": "every call's lattice cells" if self.spacing else "no per-call check (PCA only)",
             "value_rank": self.value_rank,
             "interpolated_heads": {head: {"spacing_deg": h, "kernel": f"Lagrange {TAPS}x{TAPS} (degree {TAPS - 1})"}
                                    for head, h in sorted(self.spacing.items())},
@@ -120,9 +123,10 @@ def rank_errors(
 
 
 def next_spacing(ladder: Sequence[float], spacing: float, error: float, target: float,
-                 order: float = TAPS) -> float | None:
-    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h^order)."""
-    predicted = spacing * (target / error) ** (1.0 / order) * 0.9 if error > 0 else spacing
+                 order: float = TAPS, safety: float = 0.9) -> float | None:
+    """The coarsest ladder spacing finer than ``spacing`` predicted to meet ``target`` (error ∝ h^order),
+    with the prediction times ``safety``."""
+    predicted = spacing * (target / error) ** (1.0 / order) * safety if error > 0 else spacing
     finer = [h for h in ladder if h < spacing]
     if not finer:
         return None
@@ -142,6 +146,8 @@ class Workload:
 
     points: int
     call: npt.NDArray[np.float64]
+    #: (lattice nodes, check points) of ``call`` per spacing, counted once (the planner prices spacings often)
+    counts: dict[float, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def calls(self) -> float:

@@ -13,18 +13,24 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
    per-call check of :class:`~range_dist.retrieval.fast.retriever.FastRetriever` does) in
    :data:`PROBES` small patches of cells around the run's points: a few hundred exact evaluations
    per spacing instead of a stencil of 36 nodes per sample point (spacings predicted from
-   error ∝ h^TAPS, then checked). The probes need error norms only, so they run on the error
-   sketch of the values (:class:`~range_dist.retrieval.fast.approximations.ErrorSketch`), at a
-   quarter of the cost of the semantic head and a tenth of the spatial one.
+   error ∝ h^TAPS, then checked; :data:`SCOUT_PROBES` of them first, since most spacings tried
+   fail and the scouts show it at a quarter of the cost). The probes need error norms only, so they
+   run on the error sketch of the values
+   (:class:`~range_dist.retrieval.fast.approximations.ErrorSketch`), at a third of the cost of the
+   semantic head and a sixth of the spatial one.
 3. A final check of everything together on a second sample of the run's points (contiguous
    patches, so their lattice nodes are shared); the plan is refused (``ToleranceError``) when that
-   error exceeds the tolerance, or when no approximation fits at all.
+   error exceeds the tolerance, or when no approximation fits at all. A grid run's plan of lattices
+   only skips it: each of its calls checks every lattice cell it touches as it runs, where the
+   sample would see 256 points.
 4. With a :class:`~range_dist.retrieval.fast.plan.Workload` (the grid job passes one), a cost model
-   from the per-point costs measured while planning: before planning, the run must be large enough
-   to pay for it (:data:`PLAN_BUDGET_SHARE`, with the exact retrieval timed on :data:`GATE_POINTS`
-   points and the probes priced at one head each); after, the fast mode's predicted time for the run's
-   calls must be below the exact mode's. Otherwise the plan says ``fallback`` (and why) and the
-   run computes exactly: the fast mode never makes a run slower than exact, by its estimate.
+   from the per-point costs measured while planning, one head at a time as the fast mode computes
+   them: before planning, the run must be large enough to pay for it (:data:`PLAN_BUDGET_SHARE`,
+   with the exact retrieval timed on :data:`GATE_POINTS` points and the probes priced at one head
+   each); a spacing is probed only if the plan could still be clearly faster with it
+   (:data:`FAST_MARGIN`); after, the fast mode's predicted time for the run's calls must be below
+   that share of the exact mode's. Otherwise the plan says ``fallback`` (and why) and the run
+   computes exactly: the fast mode never makes a run slower than exact, by its estimate.
 
 The check is a sample bound, not a guarantee for every point; the report says how many points it
 saw. The PCA part also has a worst-case bound (``FastPlan.pca_worst_case``).
@@ -45,7 +51,7 @@ import torch
 from range_dist.config.values import check_tolerance
 from range_dist.errors import ToleranceError
 from range_dist.geo.coords import validate_lonlat
-from range_dist.retrieval.engine import LOCATION_BATCH, RetrievalSettings, blend_heads
+from range_dist.retrieval.engine import LOCATION_BATCH, DeviceDatabase, RetrievalSettings, blend_heads
 from range_dist.retrieval.fast.approximations import (
     TAPS,
     ErrorSketch,
@@ -87,14 +93,18 @@ BASIS_FIT_ROWS = 8192
 #: Patches of lattice cells where the interpolation error of a spacing is measured, and their side (cells).
 PROBES = 32
 PROBE_CELLS = 1
+#: Probes tried first at each spacing (half at sampled points, half at the sparsest rows): most spacings
+#: tried fail, and these show it at a quarter of the cost of all :data:`PROBES`.
+SCOUT_PROBES = 8
 #: Neighbours counted for the row density around a point (:func:`probe_centres`).
 SPARSE_NEIGHBOURS = 16
 #: How much larger than the probes' largest error the per-call check may find: it takes the largest
 #: error over every lattice cell of a tile (thousands), the probes over :data:`PROBES` cells. On the
-#: L = 40 benchmark (``benchmarks/grid_job.py``, 0.1°, 100k rows) the tile's worst cell erred 3-8x more
-#: than the probes' at the same spacing, so a spacing chosen without margin failed its first per-call
-#: check and the whole tile was evaluated again on a finer lattice.
-PROBE_MARGIN = 4.0
+#: L = 40 benchmark (``benchmarks/grid_job.py``, 100k rows) a tile's worst cell erred 3-8x more than the
+#: probes at the same spacing, mostly in a few cells (islands, coasts) that the per-call check now
+#: computes directly; 2 instead of 4 (when a failed check refined the whole tile) made the 0.25° run
+#: 1.34x faster and the 1° global run 1.06x, with no refinement (18-29 points of failing cells).
+PROBE_MARGIN = 2.0
 #: The fast mode is used only when its estimate is below this share of the exact one: a plan that saves
 #: less than the estimate's error (and a refined lattice in one tile costs more than that) is not worth it.
 FAST_MARGIN = 0.9
@@ -153,35 +163,42 @@ def _timed(fn, *args):  # type: ignore[no-untyped-def]
 
 
 def _exact(context: RetrievalContext, lonlat: npt.NDArray[np.float64], settings: RetrievalSettings,
-           costs: _Costs | None = None, features: tuple[torch.Tensor, torch.Tensor] | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query features and exact (H, n, D) head averages (the retrieval's per-point seconds into ``costs``)."""
-    q_hat, xyz = context.features(lonlat) if features is None else features
-    averages, retrieval = _timed(lambda: torch.stack(retrieve_averages(context.db, settings.heads, q_hat, xyz,
-                                                                       settings)))
-    if costs is not None:
-        costs.exact = retrieval / len(lonlat)
-    return q_hat, xyz, averages
+    """Query features and exact (H, n, D) head averages."""
+    q_hat, xyz = context.features(lonlat)
+    return q_hat, xyz, torch.stack(retrieve_averages(context.db, settings.heads, q_hat, xyz, settings))
 
 
-def _exact_seconds_per_point(context: RetrievalContext, selection: npt.NDArray[np.float64],
-                             settings: RetrievalSettings, features: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """Seconds per point of the exact retrieval, timed on :data:`GATE_POINTS` of the sample (after a warm-up).
+def _timed_heads(db: DeviceDatabase, q_hat: torch.Tensor, xyz: torch.Tensor, settings: RetrievalSettings,
+                 ) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Each head's (n, C) averages over ``db``, computed one head at a time, and its seconds per point.
 
-    Timed rather than derived from FLOPs and the matmul rate: the softmax, the chunking and a shared
-    machine put the real rate at 50-90 % of the matmul rate, and an estimate 2-4x too low made runs
-    that planning would have paid for fall back to exact (``benchmarks/grid_job.py``, 0.25°, 100k rows).
+    One head at a time because that is how the fast mode computes a head it does not interpolate: its
+    cost, and the exact mode's (their sum), then come from calls of the same size. Heads timed on 64
+    points but the exact mode on 256 read 12-20 % high per point (fixed costs per database chunk), which
+    priced a semantic head computed directly above its real cost and turned plans that pay into
+    fallbacks (``benchmarks/grid_job.py``, 1° global land).
     """
-    q_hat, xyz = features
-    n = min(GATE_POINTS, len(selection))
-    retrieve_averages(context.db, settings.heads, q_hat[:8], xyz[:8], settings)  # first-call allocations
-    _, seconds = _timed(retrieve_averages, context.db, settings.heads, q_hat[:n], xyz[:n], settings)
-    return seconds / max(n, 1)
+    averages, seconds = [], {}
+    for head in settings.heads:
+        (average,), spent = _timed(retrieve_averages, db, (head,), q_hat, xyz, settings)
+        averages.append(average)
+        seconds[head] = spent / max(1, len(q_hat))
+    return averages, seconds
 
 
-def paying_spacings(call: npt.NDArray[np.float64], ladder: Sequence[float], check_weight: float = 1.0,
-                    ) -> tuple[float, ...]:
-    """The spacings of ``ladder`` whose lattice could pay for a call of these points.
+def lattice_counts(workload: Workload, spacing: float) -> tuple[int, int]:
+    """(lattice nodes, check points) of the workload's typical call at ``spacing`` (counted once per spacing)."""
+    counts = workload.counts.get(spacing)
+    if counts is None:
+        checks = check_points(workload.call, spacing)
+        nodes = lattice_node_count(np.concatenate([workload.call, checks]), spacing)
+        counts = workload.counts[spacing] = (nodes, len(checks))
+    return counts
+
+
+def paying_spacings(workload: Workload, ladder: Sequence[float], check_weight: float = 1.0) -> tuple[float, ...]:
+    """The spacings of ``ladder`` whose lattice could pay for the workload's typical call.
 
     A call interpolates a head only when its lattice nodes, plus its check points at ``check_weight``
     of a node each (sketched checks are cheaper), number fewer than :data:`LATTICE_COST_RATIO` per
@@ -191,9 +208,8 @@ def paying_spacings(call: npt.NDArray[np.float64], ladder: Sequence[float], chec
     """
     paying = []
     for spacing in ladder:
-        checks = check_points(call, spacing)
-        nodes = lattice_node_count(np.concatenate([call, checks]), spacing)
-        if nodes + check_weight * len(checks) >= LATTICE_COST_RATIO * len(call):
+        nodes, checks = lattice_counts(workload, spacing)
+        if nodes + check_weight * checks >= LATTICE_COST_RATIO * len(workload.call):
             break
         paying.append(spacing)
     return tuple(paying)
@@ -249,7 +265,7 @@ def probe_points(centres: npt.NDArray[np.float64], spacing: float) -> npt.NDArra
 
 def probe_centres(context: RetrievalContext, selection: npt.NDArray[np.float64], points: npt.NDArray[np.float64],
                   count: int) -> npt.NDArray[np.float64]:
-    """(count, 2) where to probe: half of them sample points, half the run's points with the sparsest rows around.
+    """(count, 2) where to probe: sample points and the run's points with the sparsest rows around, alternating.
 
     The spatial head is sharpest where few database rows lie within its ~9° kernel: on the L = 40
     benchmark at 1° over global land, cells of remote islands (Polynesia, South Georgia) erred 30x
@@ -262,7 +278,10 @@ def probe_centres(context: RetrievalContext, selection: npt.NDArray[np.float64],
     kth = torch.cat([torch.topk(xyz[s : s + 256] @ context.db.xyz.T, k, dim=1).values[:, -1]
                      for s in range(0, len(xyz), 256)])
     sparsest = points[torch.argsort(kth)[:half].cpu().numpy()]
-    return np.concatenate([selection[: count - len(sparsest)], sparsest])
+    sampled = selection[: count - len(sparsest)]
+    # alternating, so that the first few (the scouts, :data:`SCOUT_PROBES`) hold both kinds
+    order = np.argsort(np.concatenate([np.arange(len(sampled)), np.arange(len(sparsest)) + 0.5]), kind="stable")
+    return np.concatenate([sampled, sparsest])[order]
 
 
 def basis_rows(rows: int, seed: int) -> npt.NDArray[np.int64]:
@@ -336,13 +355,18 @@ def plan_fast(
     sketch = ErrorSketch.for_width(context.db.value_dim)
     shares = {h: check_share(h, int(context.db.keys.shape[1]), context.db.value_dim,
                              None if sketch is None else sketch.dim) for h in settings.heads}
-    ladders = {h: SPACING_LADDER[h] if workload is None else paying_spacings(workload.call, SPACING_LADDER[h],
+    ladders = {h: SPACING_LADDER[h] if workload is None else paying_spacings(workload, SPACING_LADDER[h],
                                                                              shares[h])
                for h in settings.heads}
     with torch.no_grad():
-        selection_features = _feature_costs(context, selection, costs)
+        q_hat, xyz = _feature_costs(context, selection, costs)
+        retrieve_averages(context.db, settings.heads, q_hat[:8], xyz[:8], settings)  # first-call allocations
+        # the selection's exact heads, one head at a time and timed: the first GATE_POINTS decide whether
+        # planning can pay at all, the rest (or all, for a small sample) give the per-point costs
+        gate = min(GATE_POINTS, len(selection) // 2) if workload is not None else 0
+        first, seconds = _timed_heads(context.db, q_hat[:gate], xyz[:gate], settings) if gate else ([], {})
         if workload is not None:  # can this run pay for planning at all?
-            costs.exact = _exact_seconds_per_point(context, selection, settings, selection_features)
+            costs.exact = sum(seconds.values())
             exact_total = estimate_exact(costs_dict(costs), workload)
             # two samples with every head; ~3 spacings tried per head, each PROBES patches of nodes +
             # probe points with that head alone (about 1/H of the exact cost), on the error sketch
@@ -357,8 +381,10 @@ def plan_fast(
                     f"the run is too small for the fast mode to pay: exact ≈ {exact_total:.1f} s for "
                     f"{workload.points:,} points, planning alone ≈ {planning:.1f} s (more than "
                     f"{PLAN_BUDGET_SHARE:.0%} of it)", {"exact": exact_total, "planning": planning})
-
-        q_hat, xyz, exact_avg = _exact(context, selection, settings, costs, selection_features)
+        rest, seconds = _timed_heads(context.db, q_hat[gate:], xyz[gate:], settings)
+        costs.head = dict(seconds)  # at the full value width, the exact mode's
+        costs.exact = sum(seconds.values())
+        exact_avg = torch.stack([torch.cat([f, r]) for f, r in zip(first, rest)] if first else rest)  # (H, n, D)
         exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat, betas, context.variant)
         costs.exact_blend = blend_s / len(selection)
         norms = exact_emb.double().norm(dim=-1)  # (B, n)
@@ -371,43 +397,63 @@ def plan_fast(
         plan = FastPlan(tolerance, basis)
         stages = StageTimes()
         retriever = FastRetriever(context, plan, stages=stages)
-        # per-point cost of each head at the plan's width (direct computation), and on the error sketch,
-        # timed on GATE_POINTS of the sample (the cost per point does not depend on the points)
-        retriever.sketch_db  # noqa: B018 (made once, before it is timed)
-        timed = min(GATE_POINTS, len(selection))
-        for head in settings.heads:
-            _, seconds = _timed(retriever._retrieve, (head,), q_hat[:timed], xyz[:timed], settings)
-            costs.head[head] = seconds / timed
-            _, seconds = _timed(retriever._retrieve, (head,), q_hat[:timed], xyz[:timed], settings, None, True)
-            costs.check[head] = seconds / timed
+        # per-point cost of each head at the plan's width (computed directly) and on the error sketch (a
+        # check point), on calls as large as the exact timing's (the cost per point does not depend on
+        # the points, but small calls read high)
+        timed = slice(gate, len(selection))
+        if basis is not None:
+            _, seconds = _timed_heads(retriever.db, q_hat[timed], xyz[timed], settings)
+            costs.head = dict(seconds)
+        _, seconds = _timed_heads(retriever.sketch_db, q_hat[timed], xyz[timed], settings)
+        costs.check = dict(seconds)
 
         spacing: dict[str, float] = {}
+        if workload is not None:  # for pricing the spacings before probing them
+            costs.interpolation = _interpolation_cost(selection, min(min(x, default=90.0) for x in ladders.values()),
+                                                      int(retriever.db.values_aug.shape[1]) - 1, context.db.device,
+                                                      context.db.dtype)
+            costs.fast_blend = costs.exact_blend * (1.0 if basis is None else 2.0)
         centres = probe_centres(context, selection, points, PROBES)
         for h_index, head in enumerate(settings.heads):
             weight = torch.as_tensor(weights[h_index], dtype=torch.float64, device=norms.device)
             if float(weight.max()) == 0.0:
                 continue
+            if workload is not None:
+                # only spacings at which the plan could still be clearly faster (the heads not yet probed
+                # at their coarsest): a finer one would be probed only to fall back to exact after all
+                ladders[head] = tuple(x for x in ladders[head] if _could_pay(
+                    replace(plan, spacing={**{h: ladders[h][0] for h in settings.heads[h_index + 1:] if ladders[h]},
+                                           **spacing, head: x}, costs=costs_dict(costs)), settings.heads, workload))
             ladder = ladders[head]
 
-            def probe_error(step: float, head: str = head, weight: torch.Tensor = weight) -> float:
-                probes = probe_points(centres, step)
+            def probe_error(step: float, where: npt.NDArray[np.float64], head: str = head,
+                            weight: torch.Tensor = weight) -> float:
+                probes = probe_points(where, step)
                 # an orthonormal PCA basis keeps norms: the coefficient error is the value error (the
                 # sketch estimates its norm, within the margin below)
                 diff = (retriever.sketched_interpolated(head, step, probes, settings)
                         - retriever.sketched_exact(head, probes, settings))
                 return float((weight * diff.double().norm(dim=-1).max() / min_norms).max())
 
+            def probed(step: float) -> float:
+                """The probes' largest error at ``step``: the scouts first, and the rest only if they pass (a
+                spacing the scouts fail fails anyway; the rest would only sharpen the next guess)."""
+                error = probe_error(step, centres[:SCOUT_PROBES])
+                if error * PROBE_MARGIN > target or len(centres) <= SCOUT_PROBES:
+                    return error
+                return max(error, probe_error(step, centres[SCOUT_PROBES:]))
+
             step: float | None = ladder[0] if ladder else None
             failed = float("inf")  # the finest spacing that failed so far
             while step is not None:
-                error = probe_error(step)
+                error = probed(step)
                 if error * PROBE_MARGIN <= target:
                     # the prediction may have jumped over coarser spacings that fit too (each saves ~1/h² of
                     # the lattice in every tile): try those that the slower convergence of real heads still
                     # lets fit, coarsest first
                     reach = _predicted(step, error * PROBE_MARGIN, target, REFINE_ORDER)
                     for coarser in [x for x in ladder if step < x < failed and x <= reach]:
-                        coarse_error = probe_error(coarser)
+                        coarse_error = probed(coarser)
                         if coarse_error * PROBE_MARGIN <= target:
                             step, error = coarser, coarse_error
                             break
@@ -417,7 +463,9 @@ def plan_fast(
                 failed = step
                 if workload is not None and _predicted(step, error * PROBE_MARGIN, target) < 0.8 * ladder[-1]:
                     break  # even the error model's optimistic guess is finer than any lattice that pays
-                step = next_spacing(ladder, step, error * PROBE_MARGIN, target)
+                # the optimistic guess (no safety factor): a spacing that fails costs only its scouts, one that
+                # passes is final, while a cautious guess that passes is probed in full and then a coarser one too
+                step = next_spacing(ladder, step, error * PROBE_MARGIN, target, safety=1.0)
 
         if basis is None and not spacing and workload is not None and any(
                 len(ladders[h]) < len(SPACING_LADDER[h]) for h in settings.heads):
@@ -443,6 +491,12 @@ def plan_fast(
             slower = _not_clearly_faster(early, settings.heads, workload)
             if slower is not None:
                 return slower
+            if basis is None:
+                # only lattices: the run's per-call checks bound each interpolated head on every lattice cell
+                # of every call (a quarter of the tolerance each), which a final sample of 256 points cannot
+                # add to; it would only move a refinement from the first tile into planning, at 2-4 s
+                return replace(early, estimate=estimate_seconds(early, settings.heads, workload),
+                               planning_seconds=time.perf_counter() - started)
         q_check, xyz_check, check_avg = _exact(context, check, settings)
         exact_check = blend_heads(dict(zip(settings.heads, check_avg)), q_check, betas, context.variant)
         for _ in range(FINAL_REFINEMENTS + 1):
@@ -484,15 +538,21 @@ def _predicted(spacing: float, error: float, target: float, order: float = TAPS)
 def _not_clearly_faster(plan: FastPlan, heads: Sequence[str], workload: Workload) -> FastPlan | None:
     """``plan`` marked ``fallback`` (with the estimate and why) when its estimate is not below
     :data:`FAST_MARGIN` of the exact mode's; None when it pays."""
-    estimate = estimate_seconds(plan, heads, workload)
-    if estimate["fast"] < FAST_MARGIN * estimate["exact"]:
+    if _could_pay(plan, heads, workload):
         return None
+    estimate = estimate_seconds(plan, heads, workload)
     costs = plan.costs
     return replace(plan, estimate=estimate, fallback=(
         f"the fast mode would not be clearly faster here: estimated {estimate['fast']:.1f} s against "
         f"{estimate['exact']:.1f} s exact (it must be below {FAST_MARGIN:.0%} of it) for {workload.points:,} points "
         f"in calls of {len(workload.call):,} (value rank {plan.value_rank}, lattice {plan.spacing or 'none'}; per "
         f"point: features {costs['features'] * 1e3:.3f} ms, exact retrieval {costs['exact'] * 1e3:.3f} ms)"))
+
+
+def _could_pay(plan: FastPlan, heads: Sequence[str], workload: Workload) -> bool:
+    """Whether the estimate of ``plan`` is below :data:`FAST_MARGIN` of the exact mode's."""
+    estimate = estimate_seconds(plan, heads, workload)
+    return estimate["fast"] < FAST_MARGIN * estimate["exact"]
 
 
 def costs_dict(costs: _Costs) -> dict[str, float]:
@@ -519,7 +579,7 @@ def estimate_seconds(plan: FastPlan, heads: Sequence[str], workload: Workload) -
     for head in heads:
         per_point = c.get(f"head:{head}", c["exact"])
         spacing = plan.spacing.get(head)
-        lattice = None if spacing is None else lattice_cost(call, spacing, c, per_point,
+        lattice = None if spacing is None else lattice_cost(workload, spacing, c, per_point,
                                                              c.get(f"check:{head}", per_point))
         fast += n * per_point if lattice is None else min(lattice, n * per_point)
     return {"exact": estimate_exact(c, workload), "fast": fast * workload.calls, "planning": plan.planning_seconds}
@@ -537,11 +597,10 @@ def estimate_exact(costs: dict[str, float], workload: Workload) -> float:
     return per_call * workload.calls
 
 
-def lattice_cost(lonlat: npt.NDArray[np.float64], spacing: float, costs: dict[str, float],
-                 head_per_point: float, check_per_point: float) -> float:
-    """Predicted seconds of one head interpolated over the points: nodes exactly and check points on the
-    error sketch (two SatCLIP calls), then the interpolation."""
-    checks = check_points(lonlat, spacing)
-    nodes = lattice_node_count(np.concatenate([lonlat, checks]), spacing)
+def lattice_cost(workload: Workload, spacing: float, costs: dict[str, float], head_per_point: float,
+                 check_per_point: float) -> float:
+    """Predicted seconds of one head interpolated over the workload's typical call: nodes exactly and check
+    points on the error sketch (two SatCLIP calls), then the interpolation."""
+    nodes, checks = lattice_counts(workload, spacing)
     return (2 * costs["features_call"] + nodes * (costs["features"] + head_per_point)
-            + len(checks) * (costs["features"] + check_per_point) + len(lonlat) * costs["interpolation"])
+            + checks * (costs["features"] + check_per_point) + len(workload.call) * costs["interpolation"])

@@ -8,7 +8,9 @@ While embedding, a head is interpolated only for calls whose lattice nodes and c
 less than the points themselves (dense grids, tiles); sparse calls compute it directly. Every
 interpolated head is then checked in the call: evaluated exactly at the centre and edge midpoints
 of each lattice cell holding points, its error relative to the call's smallest embedding norm must
-stay within the component share, or the call moves to a finer lattice, down to computing directly.
+stay within the component share. Where it does not, the points of the failing cells are computed
+directly and the rest keep the lattice, or, when that would cost more (many cells fail), the call
+moves to a finer lattice, down to computing directly.
 The check evaluates the head on an :class:`~range_dist.retrieval.fast.approximations.ErrorSketch` of
 the values (a quarter of the cost for the semantic head, a tenth for the spatial one): a point whose
 sketched error is within half the budget passes, one above twice the budget fails the call, and the
@@ -33,6 +35,7 @@ from range_dist.retrieval.fast.approximations import (
     ValueBasis,
     check_spacing,
     interpolate,
+    lattice_node_count,
     lattice_stencils,
 )
 from range_dist.retrieval.fast.plan import SPACING_LADDER, FastPlan, head_weights, next_spacing
@@ -91,6 +94,8 @@ class FastStats:
         rechecked_points: check points whose sketched error was too close to the budget to decide, evaluated
             in full.
         max_checked_error: the largest passing check error (relative to the embedding's norm).
+        local_points: points of cells whose check failed, computed directly while the rest of the call
+            kept its lattice (cheaper than refining the whole call's lattice).
         lattice_nodes: lattice nodes evaluated exactly.
         shared_nodes: lattice nodes reused from an earlier call (a neighbouring tile) instead.
     """
@@ -101,6 +106,7 @@ class FastStats:
     checked_points: int = 0
     rechecked_points: int = 0
     max_checked_error: float = 0.0
+    local_points: int = 0
     lattice_nodes: int = 0
     shared_nodes: int = 0
 
@@ -108,7 +114,8 @@ class FastStats:
         return (f"fast mode checks: {self.interpolated_heads} interpolated head(s) passed their per-cell check "
                 f"(largest error {self.max_checked_error:.2e}, {self.checked_points:,} points evaluated, "
                 f"{self.rechecked_points:,} of them in full, "
-                f"{self.refinements} refinement(s)); {self.direct_heads} computed directly; "
+                f"{self.refinements} refinement(s), {self.local_points:,} points of failing cells computed directly); "
+                f"{self.direct_heads} computed directly; "
                 f"{self.lattice_nodes:,} lattice nodes evaluated, {self.shared_nodes:,} shared with a neighbour")
 
     def merge(self, other: FastStats) -> None:
@@ -146,6 +153,27 @@ def check_points(lonlat: npt.NDArray[np.float64], spacing: float,
     lon = (-180.0 + px * (spacing / 2.0) + 180.0) % 360.0 - 180.0
     lat = np.clip(-90.0 + py * (spacing / 2.0), -90.0, 90.0)
     return np.stack([lon, lat], axis=1)
+
+
+def points_in_failing_cells(lonlat: npt.NDArray[np.float64], check_lonlat: npt.NDArray[np.float64],
+                            failing: npt.NDArray[np.bool_], spacing: float) -> npt.NDArray[np.bool_]:
+    """(n,) which points lie in a lattice cell that one of its failing check points belongs to.
+
+    Check points lie on the half-spacing lattice (:func:`check_points`): a centre belongs to one cell,
+    an edge midpoint to the two cells that share the edge. Cells are indexed as :func:`check_points`
+    indexes them (floor of the point over the spacing; columns wrap at the antimeridian).
+    """
+    columns = check_spacing(spacing)
+    rows = columns + 8  # > any row index, poles included
+    px = np.round((check_lonlat[failing, 0] + 180.0) / (spacing / 2.0)).astype(np.int64) % (2 * columns)
+    py = np.round((check_lonlat[failing, 1] + 90.0) / (spacing / 2.0)).astype(np.int64)
+    # a half-step index 2i+1 lies inside cell i; 2i on the border of cells i-1 and i
+    xs = [((px - 1) // 2) % columns, (px // 2) % columns]
+    ys = [(py - 1) // 2, py // 2]
+    bad = np.unique(np.concatenate([x * rows + y + 2 for x in xs for y in ys]))
+    x = np.floor((lonlat[:, 0] + 180.0) / spacing).astype(np.int64) % columns
+    y = np.floor((lonlat[:, 1] + 90.0) / spacing).astype(np.int64)
+    return np.isin(x * rows + y + 2, bad)
 
 
 #: Check points of a call's lattice cells, (c, 2) degrees, and a head interpolated there, (c, C).
@@ -326,10 +354,17 @@ class FastRetriever:
 
     def _check(self, head: str, checks: Checkpoints, settings: RetrievalSettings, weights: torch.Tensor,
                norms: torch.Tensor, budget: float) -> float:
-        """Largest relative error of the interpolated ``head`` over the check points of the call's cells.
+        """Largest relative error of the interpolated ``head`` over the check points (see :meth:`_check_errors`)."""
+        return float(self._check_errors(head, checks, settings, weights, norms, budget)[0].max())
+
+    def _check_errors(self, head: str, checks: Checkpoints, settings: RetrievalSettings, weights: torch.Tensor,
+                      norms: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative error of the interpolated ``head`` at each check point of the call's cells, and which fail.
 
         Every check point is evaluated on the error sketch; the sketched error decides where it is
-        clearly within (or clearly above) the budget, and the points in between are evaluated in full.
+        clearly within (or clearly above) the budget, and the points in between are evaluated in full,
+        unless some point is clearly above: the call fails anyway, and the points in between count as
+        failing (their cells are computed directly or refined, never trusted).
 
         Args:
             checks: the check points and the interpolated values there.
@@ -338,8 +373,8 @@ class FastRetriever:
             budget: the error the head may have.
 
         Returns:
-            The largest error: in full where a point was evaluated in full, else as sketched. Above
-            ``budget`` when the check fails.
+            (c,) float64 errors (in full where a point was evaluated in full, else as sketched) and (c,)
+            bool failing; the call passes when none fails.
         """
         points, approx = checks
         q, xyz = self.context.features(points)
@@ -348,15 +383,32 @@ class FastRetriever:
         (exact,) = self._retrieve((head,), q, xyz, settings, f"{head}: checks", sketched=self.sketch is not None)
         errors = (self.sketched(approx) - exact).double().norm(dim=1) * scale
         self.stats.checked_points += len(points)
-        if self.sketch is None or float(errors.max()) * SKETCH_SCREEN <= budget:
-            return float(errors.max())
-        if float(errors.max()) > SKETCH_SCREEN * budget:
-            return float(errors.max())  # clearly above: the call refines without a full evaluation
-        undecided = torch.nonzero(errors * SKETCH_SCREEN > budget).flatten()
-        (full,) = self._retrieve((head,), q[undecided], xyz[undecided], settings, f"{head}: checks")
-        self.stats.rechecked_points += len(undecided)
-        errors[undecided] = (approx[undecided] - full).double().norm(dim=1) * scale
-        return float(errors.max())
+        if self.sketch is None:
+            return errors, errors > budget
+        clearly = errors > SKETCH_SCREEN * budget
+        undecided = (errors * SKETCH_SCREEN > budget) & ~clearly
+        if bool(clearly.any()):
+            return errors, clearly | undecided
+        where = torch.nonzero(undecided).flatten()
+        if len(where):
+            (full,) = self._retrieve((head,), q[where], xyz[where], settings, f"{head}: checks")
+            self.stats.rechecked_points += len(where)
+            errors[where] = (approx[where] - full).double().norm(dim=1) * scale
+        return errors, errors > budget
+
+    def _local_is_cheaper(self, head: str, local: int, lonlat: npt.NDArray[np.float64], finer: float | None) -> bool:
+        """Whether computing ``local`` points directly costs less than the whole call on the ``finer`` lattice."""
+        if finer is None:
+            return True
+        points = check_points(lonlat, finer)
+        nodes = lattice_node_count(np.concatenate([lonlat, points]), finer)
+        costs = self.plan.costs
+        head_cost = costs.get(f"head:{head}")
+        if head_cost is None or "features" not in costs:
+            return local < nodes + self.check_share(head) * len(points)
+        lattice = (nodes * (costs["features"] + head_cost)
+                   + len(points) * (costs["features"] + costs.get(f"check:{head}", head_cost)))
+        return local * head_cost < lattice
 
     def embed(
         self, lonlat: npt.NDArray[np.float64], q_hat: torch.Tensor, xyz: torch.Tensor, betas: Sequence[float],
@@ -415,19 +467,33 @@ class FastRetriever:
         for head, h in spacing.items():
             weights = torch.as_tensor(head_weights(variant, betas, head), dtype=torch.float64, device=norms.device)
             while True:
-                error = self._check(head, checks[head], settings, weights, norms, budget)
-                if error <= budget:
+                errors, failing_points = self._check_errors(head, checks[head], settings, weights, norms, budget)
+                error = float(errors.max())
+                if not bool(failing_points.any()):
                     self.stats.interpolated_heads += 1
                     self.stats.max_checked_error = max(self.stats.max_checked_error, error)
                     if h < self.plan.spacing[head]:
                         # neighbouring cells are alike: the next calls start at the spacing that passed here
                         self._refined[head] = min(h, self._refined.get(head, h))
                     break
-                self.stats.refinements += 1
-                lattice = None
                 # straight to the spacing predicted to pass (not one ladder step at a time: each try costs
                 # a whole lattice), with the slower convergence seen on real heads
                 finer = next_spacing(SPACING_LADDER[head], h, error, budget, order=REFINE_ORDER)
+                failing = failing_points.cpu().numpy()
+                local = points_in_failing_cells(lonlat, checks[head][0], failing, h)
+                if self._local_is_cheaper(head, int(local.sum()), lonlat, finer):
+                    # a few hard cells (an island, a coast): their points computed directly, the lattice kept
+                    # for the cells whose own check points passed; later calls keep this spacing
+                    where = torch.from_numpy(np.flatnonzero(local)).to(q_hat.device)
+                    (averages[head][where],) = self._retrieve((head,), q_hat[where], xyz[where], settings)
+                    self.stats.local_points += int(local.sum())
+                    self.stats.interpolated_heads += 1
+                    passed = errors[torch.from_numpy(~failing).to(errors.device)]
+                    if len(passed):
+                        self.stats.max_checked_error = max(self.stats.max_checked_error, float(passed.max()))
+                    break
+                self.stats.refinements += 1
+                lattice = None
                 if finer is not None:
                     h = finer
                     lattice = self._checked_lattice(head, h, lonlat, settings)
