@@ -12,9 +12,9 @@ stay within the component share. Where it does not, the points of the failing ce
 directly and the rest keep the lattice, or, when that would cost more (many cells fail), the call
 moves to a finer lattice, down to computing directly.
 The check evaluates the head on an :class:`~range_dist.retrieval.fast.approximations.ErrorSketch` of
-the values (a quarter of the cost for the semantic head, a tenth for the spatial one): a point whose
-sketched error is within half the budget passes, one above twice the budget fails the call, and the
-points between are evaluated in full (:meth:`FastRetriever._check`).
+the values (about a third of the cost for the semantic head, a sixth for the spatial one): a point
+whose sketched error is within half the budget passes, one above twice the budget fails, and the
+points between are evaluated in full (:meth:`FastRetriever._check_errors`).
 A spacing that a call had to refine to is where the retriever's later calls (neighbouring tiles)
 start, so a run pays for a too-coarse lattice once, not once per tile.
 """
