@@ -14,14 +14,31 @@ import torch
 
 from range_dist.retrieval.fast.approximations import TAPS, ValueBasis
 
+#: Share of the tolerance that the PCA truncation may err by (measured on the selection sample).
+PCA_SHARE = 0.25
+#: Share of the tolerance that the interpolated heads may err by together at their check points. Each
+#: head's check weighs its error by the head's weight at every β, and the embedding at a β is the
+#: weighted sum of the heads, so its error is at most the sum of the heads' checked errors: a split of
+#: this share keeps that bound whatever the parts. The other half of the tolerance (a quarter with a
+#: PCA basis) is headroom for points between check points and for the sketch.
+HEADS_SHARE = 0.5
+#: The spatial head's part of :data:`HEADS_SHARE` when the semantic head is interpolated too. Its ~9°
+#: kernel gives it lattices of 3-4° where the semantic head needs 0.6-0.8°, about 1/20 of the nodes
+#: and checks, so the budget buys most where it goes to the semantic head. A lattice's cost goes as
+#: error^(-2/p) for error ∝ h^p (p ≈ 5 here), and the split minimising the sum gives each head a part
+#: ∝ cost^(p/(p+2)): about a tenth for a cost ratio of 20-30. On the L = 40 benchmark (0.25°, 30°×30°)
+#: the spatial head errs 7.1e-5 at 4° and 1.5e-5 at 3° (0.9 s of nodes and checks there, against
+#: 13-24 s for the semantic head), and the semantic head's half to 0.45 moves it from 0.6° to 0.75°.
+SPATIAL_PART = 0.1
 #: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
 RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Candidate lattice spacings (degrees, each divides 360), coarsest first. Steps of at most ~1.33x in
 #: the semantic head's usual range: a lattice's cost goes as 1/h², so 0.6° instead of 0.5° saves 30 %
-#: of the nodes and checks (on the L = 40 benchmark the 0.1° tile's semantic head passes at 0.6°).
+#: of the nodes and checks (on the L = 40 benchmark the semantic head errs 1.2e-4 at 0.6°, 3.6e-4 at
+#: 0.75°, 4.6e-4 at 0.8°: 0.75° is the step that fits its budget at tolerance 1e-3).
 SPACING_LADDER = {
     "geo": (15.0, 12.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.25),
-    "sem": (4.0, 3.0, 2.0, 1.5, 1.2, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05),
+    "sem": (4.0, 3.0, 2.0, 1.5, 1.2, 1.0, 0.8, 0.75, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05),
 }
 
 
@@ -63,6 +80,11 @@ class FastPlan:
     def value_rank(self) -> int | None:
         return None if self.basis is None else self.basis.rank
 
+    def head_budget(self, head: str) -> float:
+        """The largest weighted relative error that a per-call check lets ``head`` err by (its part of
+        :data:`HEADS_SHARE` among the plan's interpolated heads, times the tolerance)."""
+        return head_budgets(sorted(self.spacing))[head] * self.tolerance
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (cube provenance, run reports)."""
         timing = {"planning_seconds": round(self.planning_seconds, 3),
@@ -80,11 +102,23 @@ class FastPlan:
             "validation_points": self.validation_points,
             "checked": "every call's lattice cells" if self.spacing else "no per-call check (PCA only)",
             "value_rank": self.value_rank,
-            "interpolated_heads": {head: {"spacing_deg": h, "kernel": f"Lagrange {TAPS}x{TAPS} (degree {TAPS - 1})"}
+            "interpolated_heads": {head: {"spacing_deg": h, "kernel": f"Lagrange {TAPS}x{TAPS} (degree {TAPS - 1})",
+                                          "error_budget": self.head_budget(head)}
                                    for head, h in sorted(self.spacing.items())},
             "component_errors": dict(sorted(self.component_errors.items())),
             "pca_worst_case_bound": self.pca_worst_case,
         }
+
+
+def head_budgets(heads: Sequence[str]) -> dict[str, float]:
+    """Share of the tolerance that each of the interpolated ``heads`` may err by in a per-call check.
+
+    One head takes all of :data:`HEADS_SHARE`; with both, the spatial head takes :data:`SPATIAL_PART` of it.
+    """
+    heads = tuple(heads)
+    if len(heads) <= 1:
+        return {h: HEADS_SHARE for h in heads}
+    return {h: HEADS_SHARE * (SPATIAL_PART if h == "geo" else 1.0 - SPATIAL_PART) for h in heads}
 
 
 def head_weights(variant: str, betas: Sequence[float], head: str) -> npt.NDArray[np.float64]:

@@ -5,10 +5,13 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
 
 1. The values' PCA rank: the truncation error of every rank comes out of one exact pass on the
    selection sample (the basis is orthonormal, so the error is the norm of the dropped
-   coefficients of the weighted averages). The smallest rank within a quarter of the tolerance.
+   coefficients of the weighted averages). The smallest rank within :data:`PCA_SHARE` of the tolerance.
    The basis is fitted on at most :data:`BASIS_FIT_ROWS` rows: its errors are measured, not assumed.
-2. Per head, the coarsest lattice spacing whose interpolation error is within a quarter of the
-   tolerance with a margin (:data:`PROBE_MARGIN`) for the cells the probes did not see, measured
+2. Per head, the coarsest lattice spacing whose interpolation error is within the head's part of
+   :data:`HEADS_SHARE` of the tolerance (``head_budgets``: the semantic head, probed first, gets
+   most of it) with a margin (:data:`PROBE_MARGIN`) for the cells the probes did not see (with a
+   cost model, a spacing within the budget but not the margin is taken when it still costs less:
+   ``fits`` in :func:`plan_fast`), measured
    where a lattice cell errs most (its centre and edge midpoints, as the
    per-call check of :class:`~range_dist.retrieval.fast.retriever.FastRetriever` does) in
    :data:`PROBES` small patches of cells around the run's points: a few hundred exact evaluations
@@ -62,17 +65,18 @@ from range_dist.retrieval.fast.approximations import (
     lattice_stencils,
 )
 from range_dist.retrieval.fast.plan import (
+    PCA_SHARE,
     RANK_LADDER,
     SPACING_LADDER,
     FastPlan,
     Workload,
+    head_budgets,
     head_weights,
     next_spacing,
     rank_errors,
     relative_errors,
 )
 from range_dist.retrieval.fast.retriever import (
-    COMPONENT_SHARE,
     LATTICE_COST_RATIO,
     PROBE_FRACTIONS,
     REFINE_ORDER,
@@ -104,6 +108,11 @@ SPARSE_NEIGHBOURS = 16
 #: probes at the same spacing, mostly in a few cells (islands, coasts) that the per-call check now
 #: computes directly; 2 instead of 4 (when a failed check refined the whole tile) made the 0.25° run
 #: 1.34x faster and the 1° global run 1.06x, with no refinement (18-29 points of failing cells).
+#: With a cost model the margin is a price, not a rule: a spacing within the budget but not the margin is
+#: taken when its lattice plus the points of its probes' share within the margin of the budget (at least
+#: one probe's), computed directly, cost less than the finer lattice the margin asks for. At 0.25° there
+#: the semantic head's probes erred 3.5e-4 at 0.75° (budget 4.5e-4; all cells of the tile 3.6e-4), and
+#: 0.75° instead of 0.6° took the fast run from 41.4 to 37.4 s wall.
 PROBE_MARGIN = 2.0
 #: The fast mode is used only when its estimate is below this share of the exact one: a plan that saves
 #: less than the estimate's error (and a refined lattice in one tile costs more than that) is not worth it.
@@ -342,7 +351,6 @@ def plan_fast(
     selection, check = _sample(points, validation_points, seed)
     if check_lonlat is not None:
         check = validate_lonlat(check_lonlat)[:validation_points]
-    target = COMPONENT_SHARE * tolerance
     weights = np.stack([head_weights(context.variant, betas, h) for h in settings.heads])  # (H, B)
     costs = _Costs()
 
@@ -391,7 +399,7 @@ def plan_fast(
         min_norms = norms.amin(dim=1) * (1.0 - tolerance)  # (B,) as the per-call check
 
         full_basis = fit_value_basis(np.asarray(context.values)[basis_rows(len(context.values), seed)])
-        rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, norms.cpu(), target)
+        rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, norms.cpu(), PCA_SHARE * tolerance)
         basis = None if rank is None else full_basis.truncated(rank)
         component_errors = {} if rank is None else {"pca": rank_error}
         plan = FastPlan(tolerance, basis)
@@ -414,9 +422,12 @@ def plan_fast(
                                                       context.db.dtype)
             costs.fast_blend = costs.exact_blend * (1.0 if basis is None else 2.0)
         centres = probe_centres(context, selection, points, PROBES)
+        # the heads that may get a lattice, semantic first: each is probed for its part of the heads' budget
+        # among those that got one so far, itself and those still to probe
+        candidates = [h for h_index, h in enumerate(settings.heads) if float(weights[h_index].max()) > 0.0]
         for h_index, head in enumerate(settings.heads):
             weight = torch.as_tensor(weights[h_index], dtype=torch.float64, device=norms.device)
-            if float(weight.max()) == 0.0:
+            if head not in candidates:
                 continue
             if workload is not None:
                 # only spacings at which the plan could still be clearly faster (the heads not yet probed
@@ -425,47 +436,75 @@ def plan_fast(
                     replace(plan, spacing={**{h: ladders[h][0] for h in settings.heads[h_index + 1:] if ladders[h]},
                                            **spacing, head: x}, costs=costs_dict(costs)), settings.heads, workload))
             ladder = ladders[head]
+            later = [h for h in candidates[candidates.index(head) + 1 :] if ladders[h]]
+            target = head_budgets([*spacing, head, *later])[head] * tolerance
 
-            def probe_error(step: float, where: npt.NDArray[np.float64], head: str = head,
-                            weight: torch.Tensor = weight) -> float:
+            def probe_errors(step: float, where: npt.NDArray[np.float64], head: str = head,
+                             weight: torch.Tensor = weight) -> npt.NDArray[np.float64]:
+                """(p,) weighted relative error at each probe point (largest over β)."""
                 probes = probe_points(where, step)
                 # an orthonormal PCA basis keeps norms: the coefficient error is the value error (the
                 # sketch estimates its norm, within the margin below)
                 diff = (retriever.sketched_interpolated(head, step, probes, settings)
                         - retriever.sketched_exact(head, probes, settings))
-                return float((weight * diff.double().norm(dim=-1).max() / min_norms).max())
+                per_point = weight[:, None] * diff.double().norm(dim=-1)[None, :] / min_norms[:, None]
+                return per_point.amax(dim=0).cpu().numpy()
 
-            def probed(step: float) -> float:
-                """The probes' largest error at ``step``: the scouts first, and the rest only if they pass (a
-                spacing the scouts fail fails anyway; the rest would only sharpen the next guess)."""
-                error = probe_error(step, centres[:SCOUT_PROBES])
-                if error * PROBE_MARGIN > target or len(centres) <= SCOUT_PROBES:
-                    return error
-                return max(error, probe_error(step, centres[SCOUT_PROBES:]))
+            def probed(step: float, target: float = target) -> npt.NDArray[np.float64]:
+                """The probes' errors at ``step``: the scouts first, and the rest only if the scouts could still
+                fit (a spacing the scouts fail fails anyway; the rest would only sharpen the next guess)."""
+                errors = probe_errors(step, centres[:SCOUT_PROBES])
+                limit = target if workload is not None else target / PROBE_MARGIN  # see ``fits``
+                if errors.max() > limit or len(centres) <= SCOUT_PROBES:
+                    return errors
+                return np.concatenate([errors, probe_errors(step, centres[SCOUT_PROBES:])])
 
+            def fits(step: float, errors: npt.NDArray[np.float64], head: str = head, target: float = target,
+                     ladder: tuple[float, ...] = ladder) -> bool:
+                """Whether ``step`` is the head's spacing: its probes within the target with the margin, or, with
+                a cost model, within the target alone and cheaper than the finer lattice the margin asks for
+                (with the points of the cells at risk, within the margin of the target, computed directly)."""
+                if errors.max() * PROBE_MARGIN <= target:
+                    return True
+                if workload is None or errors.max() > target or not costs.head:
+                    return False
+                finer = next_spacing(ladder, step, float(errors.max()) * PROBE_MARGIN, target, safety=1.0)
+                if finer is None:
+                    return True
+                c = costs_dict(costs)
+                head_cost, check_cost = costs.head[head], costs.check.get(head, costs.head[head])
+                at_risk = max(1, int((errors * PROBE_MARGIN > target).sum())) / len(errors)
+                risky = (lattice_cost(workload, step, c, head_cost, check_cost)
+                         + at_risk * len(workload.call) * head_cost)
+                return risky < lattice_cost(workload, finer, c, head_cost, check_cost)
+
+            # the spacings to try next are predicted from the error with the margin, or without it where
+            # ``fits`` may take a spacing within the target alone
+            margin = PROBE_MARGIN if workload is None else 1.0
             step: float | None = ladder[0] if ladder else None
             failed = float("inf")  # the finest spacing that failed so far
             while step is not None:
-                error = probed(step)
-                if error * PROBE_MARGIN <= target:
+                errors = probed(step)
+                error = float(errors.max())
+                if fits(step, errors):
                     # the prediction may have jumped over coarser spacings that fit too (each saves ~1/h² of
                     # the lattice in every tile): try those that the slower convergence of real heads still
                     # lets fit, coarsest first
-                    reach = _predicted(step, error * PROBE_MARGIN, target, REFINE_ORDER)
+                    reach = _predicted(step, error * margin, target, REFINE_ORDER)
                     for coarser in [x for x in ladder if step < x < failed and x <= reach]:
-                        coarse_error = probed(coarser)
-                        if coarse_error * PROBE_MARGIN <= target:
-                            step, error = coarser, coarse_error
+                        coarse_errors = probed(coarser)
+                        if fits(coarser, coarse_errors):
+                            step, error = coarser, float(coarse_errors.max())
                             break
                     spacing[head] = step
                     component_errors[f"interpolation_{head}"] = error
                     break
                 failed = step
-                if workload is not None and _predicted(step, error * PROBE_MARGIN, target) < 0.8 * ladder[-1]:
+                if workload is not None and _predicted(step, error, target) < 0.8 * ladder[-1]:
                     break  # even the error model's optimistic guess is finer than any lattice that pays
                 # the optimistic guess (no safety factor): a spacing that fails costs only its scouts, one that
                 # passes is final, while a cautious guess that passes is probed in full and then a coarser one too
-                step = next_spacing(ladder, step, error * PROBE_MARGIN, target, safety=1.0)
+                step = next_spacing(ladder, step, error * margin, target, safety=1.0)
 
         if basis is None and not spacing and workload is not None and any(
                 len(ladders[h]) < len(SPACING_LADDER[h]) for h in settings.heads):
@@ -493,7 +532,7 @@ def plan_fast(
                 return slower
             if basis is None:
                 # only lattices: the run's per-call checks bound each interpolated head on every lattice cell
-                # of every call (a quarter of the tolerance each), which a final sample of 256 points cannot
+                # of every call (within its error budget), which a final sample of 256 points cannot
                 # add to; it would only move a refinement from the first tile into planning, at 2-4 s
                 return replace(early, estimate=estimate_seconds(early, settings.heads, workload),
                                planning_seconds=time.perf_counter() - started)

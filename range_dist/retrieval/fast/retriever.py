@@ -8,9 +8,10 @@ While embedding, a head is interpolated only for calls whose lattice nodes and c
 less than the points themselves (dense grids, tiles); sparse calls compute it directly. Every
 interpolated head is then checked in the call: evaluated exactly at the centre and edge midpoints
 of each lattice cell holding points, its error relative to the call's smallest embedding norm must
-stay within the component share. Where it does not, the points of the failing cells are computed
-directly and the rest keep the lattice, or, when that would cost more (many cells fail), the call
-moves to a finer lattice, down to computing directly.
+stay within the head's error budget (``FastPlan.head_budget``: the heads share half the tolerance).
+Where it does not, the points of the failing cells are computed directly and the rest keep the
+lattice, or, when that would cost more (many cells fail), the call moves to a finer lattice, down to
+computing directly.
 The check evaluates the head on an :class:`~range_dist.retrieval.fast.approximations.ErrorSketch` of
 the values (about a third of the cost for the semantic head, a sixth for the spatial one): a point
 whose sketched error is within half the budget passes, one above twice the budget fails, and the
@@ -41,9 +42,6 @@ from range_dist.retrieval.fast.approximations import (
 from range_dist.retrieval.fast.plan import SPACING_LADDER, FastPlan, head_weights, next_spacing
 from range_dist.retrieval.timing import StageTimes
 
-#: Share of the tolerance given to each approximation when choosing it (the rest is headroom for
-#: their sum and for points outside the sample).
-COMPONENT_SHARE = 0.25
 #: Interpolate a head in a call only when its lattice nodes and check points number fewer than this
 #: many per point (each costs about what a point computed directly costs).
 LATTICE_COST_RATIO = 0.8
@@ -463,8 +461,8 @@ class FastRetriever:
             return averages
         norms = embedding_norms(averages, q_hat, betas, variant, self.plan.basis).amin(dim=1)  # (B,)
         norms = norms * (1.0 - self.plan.tolerance)  # of the approximation: a little smaller to be safe
-        budget = COMPONENT_SHARE * self.plan.tolerance
         for head, h in spacing.items():
+            budget = self.plan.head_budget(head)
             weights = torch.as_tensor(head_weights(variant, betas, head), dtype=torch.float64, device=norms.device)
             while True:
                 errors, failing_points = self._check_errors(head, checks[head], settings, weights, norms, budget)
