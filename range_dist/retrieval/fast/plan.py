@@ -28,7 +28,8 @@ HEADS_SHARE = 0.5
 #: error^(-2/p) for error ∝ h^p (p ≈ 5 here), and the split minimising the sum gives each head a part
 #: ∝ cost^(p/(p+2)): about a tenth for a cost ratio of 20-30. On the L = 40 benchmark (0.25°, 30°×30°)
 #: the spatial head errs 7.1e-5 at 4° and 1.5e-5 at 3° (0.9 s of nodes and checks there, against
-#: 13-24 s for the semantic head), and the semantic head's half to 0.45 moves it from 0.6° to 0.75°.
+#: 13-24 s for the semantic head); the semantic head's 0.45 (with the planner's priced probe margin)
+#: moves it from 0.6° to 0.75°.
 SPATIAL_PART = 0.1
 #: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
 RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
