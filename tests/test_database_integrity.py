@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,13 @@ def test_undecodable_chunk_is_a_message(db_copy: Path, capsys: pytest.CaptureFix
     damaged = [c for c in report.checks if c.status == "damaged"]
     assert [(c.array, c.start) for c in damaged] == [("keys", 2048)] and "cannot decode" in damaged[0].detail
     assert _cli(capsys, "verify", db_copy)[0] == 2
+
+
+def test_undecodable_values_chunk_is_a_message(db_copy: Path) -> None:
+    """The values are read chunk by chunk into the engine's buffer: a chunk that does not decode is named."""
+    (db_copy / "values" / "c" / "1" / "0").write_bytes(b"not zstd at all")
+    with pytest.raises(DatabaseError, match=r"cannot decode array 'values'.*range-dist verify"):
+        RetrievalDatabase.open(db_copy)
 
 
 def test_database_without_record_warns_and_verify_says_so(db_copy: Path, caplog: pytest.LogCaptureFixture,
@@ -232,6 +240,63 @@ def test_truncated_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     _assert_message(capsys, path, r"damaged or truncated \.npz.*re-download or re-export")
     rc, _, err = _cli(capsys, "verify", path)
     assert rc == 2 and "not a complete zip archive" in err
+
+
+def test_npz_values_with_a_damaged_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flipped byte inside the values (read block by block into the engine's buffer) fails the member's
+    CRC-32: refused as damaged, never loaded."""
+    path = _sample_npz(tmp_path / "db.npz")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("image_embeddings.npy")
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200 + 4 * 1000  # inside the array
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _assert_message(capsys, path, r"damaged or truncated \.npz \(BadZipFile.*re-download or re-export")
+
+
+@pytest.mark.parametrize("layout", ["float32", "float64", "float16", "fortran", "compressed"])
+def test_npz_values_read_as_numpy_reads_them(tmp_path: Path, layout: str) -> None:
+    """Whatever the values' dtype, order or compression, the opened database holds numpy's own reading of
+    them (as float32), in the ones-column buffer the engine reads."""
+    db = make_sample_database(rows=300, seed=1)
+    values = {"float64": db.values.astype(np.float64), "float16": db.values.astype(np.float16),
+              "fortran": np.asfortranarray(db.values)}.get(layout, db.values)
+    path = tmp_path / f"{layout}.npz"
+    save = np.savez_compressed if layout == "compressed" else np.savez
+    save(path, locs=db.locations, satclip_embeddings=db.keys, image_embeddings=values)
+    opened = RetrievalDatabase.open(path)
+    with np.load(path) as npz:
+        expected = np.asarray(npz["image_embeddings"], dtype=np.float32)
+    np.testing.assert_array_equal(opened.values, expected)
+    buffer = opened.values_with_ones
+    assert buffer.shape == (300, values.shape[1] + 1) and (buffer[:, -1] == 1.0).all()
+    assert np.shares_memory(buffer, opened.values)
+
+
+def test_row_checks_match_the_elementwise_ones() -> None:
+    """The screened finiteness and zero-key checks give the element-wise answers, edge cases included:
+    finite rows whose sum overflows, NaN / inf rows, keys just below and above the zero threshold."""
+    from range_dist.database.store import _non_finite_rows, _zero_rows
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(64, 32)).astype(np.float32)
+    values[3] = 3e38  # finite, but the row's sum overflows
+    values[5, 7] = np.nan
+    values[9, 0] = -np.inf
+    values[11, :2] = (np.inf, -np.inf)  # sums to NaN
+    assert (_non_finite_rows(values) == ~np.isfinite(values).all(axis=1)).all()
+    assert list(np.flatnonzero(_non_finite_rows(values))) == [5, 9, 11]
+    keys = rng.normal(size=(64, 16)).astype(np.float32)
+    keys[1] = 0.0
+    keys[2] = 1e-14  # norm 4e-14: zero
+    keys[4] = 2e-13  # norm 8e-13: zero
+    keys[6] = 5e-13  # norm 2e-12: not zero
+    keys[8] = 0.0
+    keys[8, 0] = 1e-40  # subnormal: zero
+    keys[10] = 1e-11
+    expected = np.linalg.norm(keys.astype(np.float64), axis=1) < 1e-12
+    assert (_zero_rows(keys) == expected).all() and list(np.flatnonzero(expected)) == [1, 2, 4, 8]
 
 
 def test_npz_with_string_arrays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -136,3 +136,23 @@ def test_key_dimension_mismatch(location_encoder) -> None:
     db = RetrievalDatabase(np.zeros((5, 2)), rng.normal(size=(5, 128)), rng.normal(size=(5, 1024)))
     with pytest.raises(DatabaseError, match="keys are 128-d but the location encoder produces 256-d"):
         RangeEncoder(location_encoder, db)
+
+
+def test_encode_into_a_scattered_block(location_encoder, sample_db) -> None:
+    """``out=`` / ``rows=`` write each point's embedding at its row of a larger block (a tile with ocean cells)
+    and leave the other rows as they were: the same values as a plain call, in the block's dtype."""
+    enc = RangeEncoder(location_encoder, sample_db, "range+")
+    pts = random_points(40, seed=5)
+    betas = (0.0, 0.5, 1.0)
+    plain = enc.encode(pts, betas)
+    n = len(pts)
+    rows = np.sort(np.random.default_rng(0).choice(100, size=n, replace=False))
+    block = np.full((3, 100, enc.output_dim), np.nan, dtype=np.float16)
+    assert enc.encode(pts, betas, out=block, rows=rows) is block
+    np.testing.assert_array_equal(block[:, rows], plain.astype(np.float16))
+    others = np.setdiff1d(np.arange(100), rows)
+    assert np.isnan(block[:, others]).all()
+    with pytest.raises(ValueError, match=rf"do not fit 3 β × {n} points"):
+        enc.encode(pts, betas, out=block, rows=rows[:-1])
+    with pytest.raises(ValueError, match=rf"do not fit 3 β × {n} points"):
+        enc.encode(pts, betas, out=np.empty((2, n, enc.output_dim), dtype=np.float32))

@@ -182,6 +182,8 @@ class RangeEncoder:
         betas: Sequence[float] = (0.5,),
         on_progress: Callable[[int], None] | None = None,
         dtype: npt.DTypeLike = np.float32,
+        out: npt.NDArray[np.floating] | None = None,
+        rows: npt.NDArray[np.integer] | None = None,
     ) -> npt.NDArray[np.floating]:
         """RANGE / RANGE+ embeddings of locations at each β level.
 
@@ -190,21 +192,30 @@ class RangeEncoder:
             betas: β levels in [0, 1] (RANGE+: 0 = spatial head only, 1 = semantic only).
             on_progress: called with the number of points finished after each block.
             dtype: output dtype (float32, or float16 for cubes: cast per block on the device).
+            out: (B, R, D + K) array to write into instead of a new one (its dtype is the output's),
+                e.g. a tile's block with its ocean cells already NaN.
+            rows: (N,) where each point goes along ``out``'s second axis (default: 0 .. N - 1).
 
         Returns:
-            (B, N, D + K) float32: ``[H_β | q̂]`` for each β (D = 1024, K = 256 for published assets).
+            (B, N, D + K) ``[H_β | q̂]`` for each β (D = 1024, K = 256 for published assets), or ``out``.
 
         Raises:
             CoordinateError: a NaN / infinite / out-of-range location (the first bad row is named).
             ConfigError: a β outside [0, 1].
+            ValueError: ``out`` or ``rows`` of the wrong shape.
         """
         points = validate_lonlat(lonlat)
         betas = tuple(float(b) for b in betas)
+        if out is None:
+            out = np.empty((len(betas), len(points), self.output_dim), dtype=dtype)
+        width = len(points) if rows is None else int(out.shape[1])
+        if out.shape != (len(betas), width, self.output_dim) or (rows is not None and rows.shape != (len(points),)):
+            raise ValueError(f"out {out.shape} / rows {None if rows is None else rows.shape} do not fit "
+                             f"{len(betas)} β × {len(points)} points × {self.output_dim} features")
         settings = self.settings(betas)
         if self.mode == "fast" and (self.fast is None or self.fast_betas != betas):
             self.plan_fast(points, betas)  # validated on this call's own points
-        out = np.empty((len(betas), len(points), self.output_dim), dtype=dtype)
-        torch_dtype = torch.from_numpy(out[:0]).dtype
+        torch_dtype = torch.from_numpy(out[:0, :0]).dtype
         exact_stage = f"retrieval exact ({'+'.join(settings.heads)})"
         step = LOCATION_BATCH if self.fast is None else FAST_BATCH
         for start in range(0, len(points), step):
@@ -228,7 +239,9 @@ class RangeEncoder:
                     with self.stages.stage(STAGE_BLEND):
                         emb = blend(stats, q_hat[block], betas, self.variant)
                 with self.stages.stage(STAGE_CAST):
-                    out[:, start + qs : start + qs + emb.shape[1]] = emb.to(torch_dtype).cpu().numpy()
+                    first = start + qs
+                    where = slice(first, first + emb.shape[1]) if rows is None else rows[first : first + emb.shape[1]]
+                    out[:, where] = emb.to(torch_dtype).cpu().numpy()
                 if on_progress is not None:
                     on_progress(int(emb.shape[1]))
         return out

@@ -117,6 +117,25 @@ class RetrievalSettings:
         return tau
 
 
+#: Rows per block when the keys are normalised (float64 temporaries of this many rows only).
+NORMALISE_ROWS = 8192
+
+
+def _unit_rows(keys: npt.NDArray[np.floating] | torch.Tensor, device: str | torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+    """(M, K) rows of ``keys`` scaled to unit norm in float64, then cast to ``dtype`` on ``device``.
+
+    Row blocks: the same values as normalising a float64 copy of all the keys at once (each row is
+    its own), without the (M, K) float64 copy (0.6 s of fresh memory per encoder at 100k x 256).
+    """
+    source = keys if isinstance(keys, torch.Tensor) else torch.from_numpy(np.asarray(keys))
+    out = torch.empty(tuple(source.shape), dtype=dtype, device=device)
+    for start in range(0, source.shape[0], NORMALISE_ROWS):
+        block = source[start : start + NORMALISE_ROWS].to(torch.float64)
+        out[start : start + NORMALISE_ROWS] = torch.nn.functional.normalize(block, dim=1).to(device=device, dtype=dtype)
+    return out
+
+
 class DeviceDatabase:
     """The database rows as the engine uses them, resident on one device.
 
@@ -138,9 +157,7 @@ class DeviceDatabase:
     ) -> None:
         from range_dist.geo.coords import lonlat_to_xyz
 
-        keys64 = torch.from_numpy(np.array(keys, dtype=np.float64))  # a writable float64 copy
-        self.keys = torch.nn.functional.normalize(keys64, dim=1).to(device=device, dtype=dtype).contiguous()
-        del keys64
+        self.keys = _unit_rows(keys, device, dtype)
         xyz = lonlat_to_xyz(np.asarray(locations, dtype=np.float64))
         self.xyz = torch.as_tensor(xyz).to(device=device, dtype=dtype)
         if values_with_ones is not None and torch.device(device).type == "cpu" and dtype == torch.float32:

@@ -91,11 +91,13 @@ def fit_value_basis(values: npt.NDArray[np.floating], rows_per_block: int = 1638
     """
     v = np.asarray(values)
     mean = v.mean(axis=0, dtype=np.float64)
-    cov = np.zeros((v.shape[1], v.shape[1]), dtype=np.float64)
+    cov = torch.zeros((v.shape[1], v.shape[1]), dtype=torch.float64)
+    centre = torch.from_numpy(mean)
     for start in range(0, len(v), rows_per_block):
-        block = v[start : start + rows_per_block].astype(np.float64) - mean
+        # torch's float64 product: numpy's took 0.35-0.55 s for 8192 x 1024 rows here, torch's 0.2 s
+        block = torch.from_numpy(np.ascontiguousarray(v[start : start + rows_per_block])).double() - centre
         cov += block.T @ block
-    eigval, eigvec = np.linalg.eigh(cov)
+    eigval, eigvec = np.linalg.eigh(cov.numpy())
     order = np.argsort(eigval)[::-1]
     return ValueBasis(mean.astype(np.float32), np.ascontiguousarray(eigvec[:, order], dtype=np.float32),
                       np.maximum(eigval[order], 0.0) / max(1, len(v)))

@@ -19,8 +19,9 @@ PCA_SHARE = 0.25
 #: Share of the tolerance that the interpolated heads may err by together at their check points. Each
 #: head's check weighs its error by the head's weight at every β, and the embedding at a β is the
 #: weighted sum of the heads, so its error is at most the sum of the heads' checked errors: a split of
-#: this share keeps that bound whatever the parts. The other half of the tolerance (a quarter with a
-#: PCA basis) is headroom for points between check points and for the sketch.
+#: this share keeps that bound whatever the parts. A plan without a PCA basis has no truncation error,
+#: and its heads get :data:`PCA_SHARE` too (``head_budgets``). The last quarter of the tolerance is
+#: headroom for points between check points.
 HEADS_SHARE = 0.5
 #: The spatial head's part of :data:`HEADS_SHARE` when the semantic head is interpolated too. Its ~9°
 #: kernel gives it lattices of 3-4° where the semantic head needs 0.6-0.8°, about 1/20 of the nodes
@@ -83,8 +84,9 @@ class FastPlan:
 
     def head_budget(self, head: str) -> float:
         """The largest weighted relative error that a per-call check lets ``head`` err by (its part of
-        :data:`HEADS_SHARE` among the plan's interpolated heads, times the tolerance)."""
-        return head_budgets(sorted(self.spacing))[head] * self.tolerance
+        :data:`HEADS_SHARE`, with :data:`PCA_SHARE` when the plan has no basis, among the plan's interpolated
+        heads, times the tolerance)."""
+        return head_budgets(sorted(self.spacing), with_basis=self.basis is not None)[head] * self.tolerance
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (cube provenance, run reports)."""
@@ -111,15 +113,18 @@ class FastPlan:
         }
 
 
-def head_budgets(heads: Sequence[str]) -> dict[str, float]:
+def head_budgets(heads: Sequence[str], with_basis: bool = True) -> dict[str, float]:
     """Share of the tolerance that each of the interpolated ``heads`` may err by in a per-call check.
 
-    One head takes all of :data:`HEADS_SHARE`; with both, the spatial head takes :data:`SPATIAL_PART` of it.
+    The heads share :data:`HEADS_SHARE`, and :data:`PCA_SHARE` too when the plan has no PCA basis
+    (``with_basis`` False: no truncation error to leave room for). One head takes all of it; with
+    both, the spatial head takes :data:`SPATIAL_PART` of it.
     """
     heads = tuple(heads)
+    share = HEADS_SHARE + (0.0 if with_basis else PCA_SHARE)
     if len(heads) <= 1:
-        return {h: HEADS_SHARE for h in heads}
-    return {h: HEADS_SHARE * (SPATIAL_PART if h == "geo" else 1.0 - SPATIAL_PART) for h in heads}
+        return {h: share for h in heads}
+    return {h: share * (SPATIAL_PART if h == "geo" else 1.0 - SPATIAL_PART) for h in heads}
 
 
 def head_weights(variant: str, betas: Sequence[float], head: str) -> npt.NDArray[np.float64]:

@@ -124,7 +124,7 @@ GATE_POINTS = 64
 #: Points of the warm-up call of SatCLIP before its cost is timed.
 COST_PROBE_POINTS = 16
 #: Points of the larger calls timed for the per-point costs of SatCLIP and of the interpolation.
-COST_FIT_POINTS = 4096
+COST_FIT_POINTS = 2048
 
 
 def _sample(points: npt.NDArray[np.float64], size: int, seed: int) -> tuple[npt.NDArray[np.float64], ...]:
@@ -215,13 +215,21 @@ def paying_spacings(workload: Workload, ladder: Sequence[float], check_weight: f
     run's calls (e.g. a 0.25° lattice for a 0.5° grid) is never worth probing. The ladder is coarsest
     first, so this is a prefix of it.
     """
-    paying = []
-    for spacing in ladder:
+    def pays(spacing: float) -> bool:
         nodes, checks = lattice_counts(workload, spacing)
-        if nodes + check_weight * checks >= LATTICE_COST_RATIO * len(workload.call):
-            break
-        paying.append(spacing)
-    return tuple(paying)
+        return nodes + check_weight * checks < LATTICE_COST_RATIO * len(workload.call)
+
+    # a finer lattice has more nodes and check points: bisect for the first that does not pay (each count
+    # is a few unique() calls over the call's points, 0.1 s for the whole of both ladders on a 14k-point
+    # call, which a run too small for the fast mode paid before falling back to exact)
+    low, high = 0, len(ladder)
+    while low < high:
+        middle = (low + high) // 2
+        if pays(ladder[middle]):
+            low = middle + 1
+        else:
+            high = middle
+    return tuple(ladder[:low])
 
 
 def _feature_costs(context: RetrievalContext, lonlat: npt.NDArray[np.float64], costs: _Costs,
@@ -437,7 +445,7 @@ def plan_fast(
                                            **spacing, head: x}, costs=costs_dict(costs)), settings.heads, workload))
             ladder = ladders[head]
             later = [h for h in candidates[candidates.index(head) + 1 :] if ladders[h]]
-            target = head_budgets([*spacing, head, *later])[head] * tolerance
+            target = head_budgets([*spacing, head, *later], with_basis=basis is not None)[head] * tolerance
 
             def probe_errors(step: float, where: npt.NDArray[np.float64], head: str = head,
                              weight: torch.Tensor = weight) -> npt.NDArray[np.float64]:

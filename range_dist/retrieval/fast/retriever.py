@@ -8,7 +8,8 @@ While embedding, a head is interpolated only for calls whose lattice nodes and c
 less than the points themselves (dense grids, tiles); sparse calls compute it directly. Every
 interpolated head is then checked in the call: evaluated exactly at the centre and edge midpoints
 of each lattice cell holding points, its error relative to the call's smallest embedding norm must
-stay within the head's error budget (``FastPlan.head_budget``: the heads share half the tolerance).
+stay within the head's error budget (``FastPlan.head_budget``: the heads share half the tolerance, three
+quarters without a PCA basis).
 Where it does not, the points of the failing cells are computed directly and the rest keep the
 lattice, or, when that would cost more (many cells fail), the call moves to a finer lattice, down to
 computing directly.
@@ -521,6 +522,10 @@ def check_share(head: str, key_dim: int, width: int, sketch_dim: int | None) -> 
 
 
 
+#: Rows per block of :func:`embedding_norms`' float64 products.
+NORM_BLOCK = 1024
+
+
 def embedding_norms(averages: dict[str, torch.Tensor], q_hat: torch.Tensor, betas: Sequence[float], variant: str,
                     basis: ValueBasis | None) -> torch.Tensor:
     """(B, n) float64 norms of the embeddings ``[H_β | q̂]`` without forming them.
@@ -530,13 +535,23 @@ def embedding_norms(averages: dict[str, torch.Tensor], q_hat: torch.Tensor, beta
     orthonormal), with ``c_β = Σ_h w_h c_h``. That is O(n·C) work and no (B, n, D) buffer.
     """
     heads = list(averages)
-    a = {h: averages[h].double() for h in heads}
-    gram = {(h, k): (a[h] * a[k]).sum(dim=1) for i, h in enumerate(heads) for k in heads[i:]}
     q_sq = q_hat.double().square().sum(dim=1)
+    n = q_sq.shape[0]
+    # float64 products in row blocks: whole-call float64 copies of the heads (2 x 115 MB on a 14k-point
+    # call at D = 1024) cost 0.2-1.3 s of fresh memory on the grid benchmark, the products themselves ~0.05 s
+    products = torch.empty((n, len(heads), len(heads)), dtype=torch.float64, device=q_sq.device)
     if basis is not None:
         offset = torch.as_tensor(basis.components.T @ basis.mean, dtype=torch.float64, device=q_sq.device)
-        mean_dot = {h: a[h] @ offset for h in heads}
+        mean_dots = torch.empty((n, len(heads)), dtype=torch.float64, device=q_sq.device)
         mean_sq = float(np.dot(basis.mean.astype(np.float64), basis.mean.astype(np.float64)))
+    for start in range(0, n, NORM_BLOCK):
+        block = torch.stack([averages[h][start : start + NORM_BLOCK] for h in heads], dim=1).double()  # (b, H, C)
+        products[start : start + NORM_BLOCK] = torch.bmm(block, block.transpose(1, 2))
+        if basis is not None:
+            mean_dots[start : start + NORM_BLOCK] = block @ offset
+    gram = {(h, k): products[:, i, j] for i, h in enumerate(heads) for j, k in enumerate(heads) if j >= i}
+    if basis is not None:
+        mean_dot = {h: mean_dots[:, i] for i, h in enumerate(heads)}
     out = torch.empty((len(betas), q_sq.shape[0]), dtype=torch.float64, device=q_sq.device)
     for b, beta in enumerate(betas):
         w = {h: float(head_weights(variant, [beta], h)[0]) for h in heads}
