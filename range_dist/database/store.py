@@ -492,8 +492,14 @@ def _with_ones_column(values: npt.ArrayLike) -> npt.NDArray[np.float32]:
             and v.__array_interface__["data"][0] == base.__array_interface__["data"][0]
             and bool((base[:, -1] == 1.0).all())):
         return base
-    aug = np.empty((v.shape[0], v.shape[1] + 1), dtype=np.float32)
+    aug = _ones_column_buffer(v.shape[0], v.shape[1])
     aug[:, :-1] = v
+    return aug
+
+
+def _ones_column_buffer(rows: int, width: int) -> npt.NDArray[np.float32]:
+    """A new (rows, width + 1) float32 buffer whose last column is ones (the values go in the rest)."""
+    aug = np.empty((rows, width + 1), dtype=np.float32)
     aug[:, -1] = 1.0
     return aug
 
@@ -557,8 +563,7 @@ def _npz_values_with_ones(path: Path, npz: Any, key: str) -> npt.NDArray[Any]:
             if len(shape) != 2 or fortran_order or dtype.kind not in "biuf" or dtype.hasobject:
                 return _npz_numeric(path, npz, key)
             rows, width = shape
-            aug = np.empty((rows, width + 1), dtype=np.float32)
-            aug[:, -1] = 1.0
+            aug = _ones_column_buffer(rows, width)
             for start in range(0, rows, _NPZ_READ_ROWS):
                 count = min(_NPZ_READ_ROWS, rows - start)
                 data = fh.read(count * width * dtype.itemsize)
@@ -732,8 +737,7 @@ def _read_values_with_ones(path: Path | str, group: Any, rows: int, meta: Mappin
     if len(array.shape) != 2 or array.dtype.kind not in "biuf":
         return _read_rows(path, group, "values", rows, meta)  # validation names what is wrong
     step = max(1, int(array.chunks[0]))
-    aug = np.empty((rows, int(array.shape[1]) + 1), dtype=np.float32)
-    aug[:, -1] = 1.0
+    aug = _ones_column_buffer(rows, int(array.shape[1]))
     try:
         for start in range(0, rows, step):
             stop = min(rows, start + step)

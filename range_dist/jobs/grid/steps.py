@@ -106,7 +106,7 @@ def _scatter(grid_tile: TileKey, mask: npt.NDArray[np.bool_], emb: npt.NDArray[n
     h, w = grid_tile.shape
     if mask.all():
         return emb.reshape(emb.shape[0], h, w, emb.shape[2])
-    block = np.full((emb.shape[0], h * w, emb.shape[2]), np.nan, dtype=emb.dtype)
+    block = tile_block(grid_tile, mask, emb.shape[0], emb.shape[2], emb.dtype)
     block[:, mask] = emb
     return block.reshape(emb.shape[0], h, w, emb.shape[2])
 

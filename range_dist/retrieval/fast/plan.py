@@ -30,14 +30,14 @@ HEADS_SHARE = 0.5
 #: ∝ cost^(p/(p+2)): about a tenth for a cost ratio of 20-30. On the L = 40 benchmark (0.25°, 30°×30°)
 #: the spatial head errs 7.1e-5 at 4° and 1.5e-5 at 3° (0.9 s of nodes and checks there, against
 #: 13-24 s for the semantic head); the semantic head's 0.45 (with the planner's priced probe margin)
-#: moves it from 0.6° to 0.75°.
+#: moved it from 0.6° to 0.75°, and its 0.675 without a PCA basis (``head_budgets``) to 0.8°.
 SPATIAL_PART = 0.1
 #: Candidate PCA ranks, smallest first (a rank above D/2 saves too little to be worth its error).
 RANK_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Candidate lattice spacings (degrees, each divides 360), coarsest first. Steps of at most ~1.33x in
 #: the semantic head's usual range: a lattice's cost goes as 1/h², so 0.6° instead of 0.5° saves 30 %
 #: of the nodes and checks (on the L = 40 benchmark the semantic head errs 1.2e-4 at 0.6°, 3.6e-4 at
-#: 0.75°, 4.6e-4 at 0.8°: 0.75° is the step that fits its budget at tolerance 1e-3).
+#: 0.75°, 4.6e-4 at 0.8°: 0.75° fits a budget of 4.5e-4 at tolerance 1e-3, 0.8° one of 6.75e-4).
 SPACING_LADDER = {
     "geo": (15.0, 12.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.75, 0.5, 0.25),
     "sem": (4.0, 3.0, 2.0, 1.5, 1.2, 1.0, 0.8, 0.75, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05),

@@ -474,7 +474,7 @@ def plan_fast(
                 (with the points of the cells at risk, within the margin of the target, computed directly)."""
                 if errors.max() * PROBE_MARGIN <= target:
                     return True
-                if workload is None or errors.max() > target or not costs.head:
+                if workload is None or errors.max() > target:
                     return False
                 finer = next_spacing(ladder, step, float(errors.max()) * PROBE_MARGIN, target, safety=1.0)
                 if finer is None:
