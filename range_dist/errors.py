@@ -66,6 +66,22 @@ class StoreWriteError(RangeDistError):
                    "location) and rerun the same command to resume.")
 
 
+class Terminated(BaseException):
+    """SIGTERM as the CLI raises it (exit 143): a BaseException, as KeyboardInterrupt is for SIGINT.
+
+    A signal handler raises in whatever code runs at that moment. An ``Exception`` raised inside Ray's
+    deserialisation of a tile's result was caught there (``except Exception``), logged with its
+    traceback and turned into a ``RaySystemError``: the tile was retried and the run went on to the
+    end, exit 0, instead of stopping.
+    """
+
+    exit_code = 143
+
+
+#: What a stop request raises: Ctrl-C (SIGINT) and SIGTERM.
+STOP_SIGNALS: tuple[type[BaseException], ...] = (KeyboardInterrupt, Terminated)
+
+
 class Interrupted(RangeDistError):
     """A run stopped by SIGINT (exit 130) or SIGTERM (exit 143); what was finished is kept.
 
@@ -79,7 +95,7 @@ class Interrupted(RangeDistError):
 
     @classmethod
     def after(cls, cause: BaseException, done: str, store: object) -> Interrupted:
-        """The message of a run stopped by ``cause`` (KeyboardInterrupt or an Interrupted) after ``done``."""
-        code = cause.exit_code if isinstance(cause, Interrupted) else 130
+        """The message of a run stopped by ``cause`` (KeyboardInterrupt or Terminated) after ``done``."""
+        code = cause.exit_code if isinstance(cause, Terminated) else 130
         name = "SIGTERM" if code == 143 else "SIGINT"
         return cls(f"stopped by {name} after {done}. Rerun the same command to resume: {store}", exit_code=code)

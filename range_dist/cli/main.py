@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from range_dist.errors import ConfigError, Interrupted, RangeDistError
+from range_dist.errors import ConfigError, Interrupted, RangeDistError, Terminated
 from range_dist.util.paths import local_path
 from range_dist.util.stores import StoreLocation
 
@@ -124,7 +124,7 @@ def _quiet_teardown() -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted("terminated (SIGTERM)", exit_code=128 + signum)
+    raise Terminated("terminated (SIGTERM)")
 
 
 def _dry_run(handler: Handler, args: argparse.Namespace) -> int:
@@ -205,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"range-dist {args.command}: {exc}", file=sys.stderr)
         _quiet_teardown()
         return exc.exit_code
+    except Terminated:
+        print(f"range-dist {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        _quiet_teardown()
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print(f"range-dist {args.command}: interrupted (SIGINT)", file=sys.stderr)
         _quiet_teardown()

@@ -128,10 +128,13 @@ def _unit_rows(keys: npt.NDArray[np.floating] | torch.Tensor, device: str | torc
     Row blocks: the same values as normalising a float64 copy of all the keys at once (each row is
     its own), without the (M, K) float64 copy (0.6 s of fresh memory per encoder at 100k x 256).
     """
-    source = keys if isinstance(keys, torch.Tensor) else torch.from_numpy(np.asarray(keys))
-    out = torch.empty(tuple(source.shape), dtype=dtype, device=device)
-    for start in range(0, source.shape[0], NORMALISE_ROWS):
-        block = source[start : start + NORMALISE_ROWS].to(torch.float64)
+    out = torch.empty(tuple(keys.shape), dtype=dtype, device=device)
+    for start in range(0, keys.shape[0], NORMALISE_ROWS):
+        rows = keys[start : start + NORMALISE_ROWS]
+        # a writable float64 copy of each block: the keys may be a read-only view (Ray's object store),
+        # which torch.from_numpy warns about
+        block = rows.to(torch.float64) if isinstance(rows, torch.Tensor) else torch.from_numpy(
+            np.array(rows, dtype=np.float64))
         out[start : start + NORMALISE_ROWS] = torch.nn.functional.normalize(block, dim=1).to(device=device, dtype=dtype)
     return out
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from range_dist.database.append import DatabaseAppender, RowBatch
 from range_dist.encoders.image import get_spec
-from range_dist.errors import Interrupted, StoreWriteError
+from range_dist.errors import STOP_SIGNALS, Interrupted, StoreWriteError
 from range_dist.jobs.build.plan import BuildPlan
 from range_dist.jobs.build.steps import ChipOutcome
 from range_dist.util import fault_injection as faults
@@ -83,7 +83,7 @@ def _run_leased(plan: BuildPlan, executor: BatchExecutor, quiet: bool, lease: di
     start = time.perf_counter()
     try:
         _append_all(plan, executor, appender, failures, report, progress)
-    except (KeyboardInterrupt, Interrupted) as exc:
+    except STOP_SIGNALS as exc:
         raise Interrupted.after(
             exc, f"{report.rows_written} new rows ({sum(report.failures.values())} failed, {plan.done} done before) "
             f"of {len(plan.locations)} locations; committed rows are kept", config.out) from None

@@ -25,7 +25,7 @@ from range_dist.cube.store import (
     open_or_create_cube,
     read_tile_status,
 )
-from range_dist.errors import ConfigError, Interrupted, RangeDistError
+from range_dist.errors import STOP_SIGNALS, ConfigError, Interrupted, RangeDistError
 from range_dist.geo.land import land_mask
 from range_dist.grid.spec import GridSpec, TileKey
 from range_dist.jobs.grid.plan import GridPlan
@@ -264,7 +264,7 @@ def _run_leased(plan: GridPlan, executor: TileExecutor, log: Any) -> RunReport:
 
         try:
             report.parallel_workers, report.startup_seconds = executor.run_tiles(plan, todo, on_result, log=log)
-        except (KeyboardInterrupt, Interrupted) as exc:
+        except STOP_SIGNALS as exc:
             finished = report.tiles_computed + report.tiles_skipped
             raise Interrupted.after(
                 exc, f"{finished} of {len(todo)} tiles ({report.tiles_already_done} were done before); tiles in "
