@@ -104,6 +104,36 @@ def test_only_spacings_that_could_pay_for_the_calls_are_probed() -> None:
     assert paying_spacings(few, SPACING_LADDER["sem"]) == () and paying_spacings(few, SPACING_LADDER["geo"]) == ()
 
 
+def test_the_cell_bounds_refuse_only_spacings_the_full_counts_refuse() -> None:
+    """``paying_spacings`` refuses fine spacings from the cells' corners and centres (lower bounds of the
+    nodes and check points): the same prefix as the full counts give, on tiles, scattered points, the
+    antimeridian and the poles."""
+    from range_dist.retrieval.fast.approximations import lattice_count_bounds
+    from range_dist.retrieval.fast.plan import SPACING_LADDER
+    from range_dist.retrieval.fast.planner import LATTICE_COST_RATIO, lattice_counts, paying_spacings
+
+    rng = np.random.default_rng(3)
+    calls = [_tile(10.0, 0.0, 0.1, 64), _tile(170.0, -30.0, 0.25, 64), _tile(-180.0, -90.0, 2.0, 90),
+             np.stack([rng.uniform(-180, 180, 3000), rng.uniform(-90, 90, 3000)], axis=1),
+             np.array([[180.0, 90.0], [-180.0, -90.0], [180.0, 0.0], [-180.0, 0.0], [179.99, 89.99]])]
+    calls[1][:, 0] = (calls[1][:, 0] + 180.0) % 360.0 - 180.0  # across the antimeridian
+    for call in calls:
+        counted = Workload(len(call), call)
+        for ladder in SPACING_LADDER.values():
+            for spacing in (*ladder[::3], ladder[-1]):
+                bounds, counts = lattice_count_bounds(call, spacing), lattice_counts(counted, spacing)
+                assert bounds[0] <= counts[0] and bounds[1] <= counts[1], (len(call), spacing, bounds, counts)
+            for weight in (1.0, 0.3):
+                expected: list[float] = []  # the ladder's prefix that pays, by the full counts
+                for spacing in ladder:
+                    nodes, checks = lattice_counts(counted, spacing)
+                    if nodes + weight * checks >= LATTICE_COST_RATIO * len(call):
+                        break
+                    expected.append(spacing)
+                # a fresh workload: no counts cached, so the bounds are used
+                assert paying_spacings(Workload(len(call), call), ladder, weight) == tuple(expected)
+
+
 def test_a_grid_too_coarse_for_any_lattice_still_tries_the_pca_basis(
         location_encoder: SatCLIPLocationEncoder) -> None:
     """No lattice pays for 1° cells in 8-cell tiles, but a low-rank database's PCA basis does."""

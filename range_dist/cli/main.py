@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from range_dist.errors import ConfigError, Interrupted, RangeDistError, Terminated
+from range_dist.util.memory import numpy_without_huge_pages
 from range_dist.util.paths import local_path
 from range_dist.util.stores import StoreLocation
 
@@ -192,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    numpy_without_huge_pages()  # before the run's large arrays (see range_dist.util.memory)
     _one_line_client_logs()
     handler: Handler = args.handler
     if threading.current_thread() is threading.main_thread():

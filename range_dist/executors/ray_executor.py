@@ -72,6 +72,7 @@ from range_dist.jobs.grid.steps import (
 )
 from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.util import fault_injection
+from range_dist.util.memory import numpy_without_huge_pages
 
 MAX_TILE_ATTEMPTS = 3
 ACTOR_MAX_RESTARTS = 3
@@ -184,6 +185,7 @@ class TileWorker:
     def __init__(self, holder: str, shard: tuple[int, int] | None, device: str, threads: int) -> None:
         import torch
 
+        numpy_without_huge_pages()  # as the driver's command: before the encoder's large arrays
         torch.set_num_threads(max(1, threads))
         context = ray.get_runtime_context()
         self.node_id: str = context.get_node_id()
@@ -460,6 +462,7 @@ class EncoderActor:
     """Thin Ray wrapper: holds the key and value encoders; encodes read batches."""
 
     def __init__(self, config: BuildConfig, threads: int) -> None:
+        numpy_without_huge_pages()
         self.encoder = RowEncoder(config, threads=threads)
 
     def node(self) -> str:

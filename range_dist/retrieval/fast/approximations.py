@@ -250,6 +250,22 @@ def lattice_node_count(lonlat: npt.NDArray[np.float64], spacing: float) -> int:
     return len(np.unique(_cell_node_keys(cells, spacing)))
 
 
+def lattice_count_bounds(lonlat: npt.NDArray[np.float64], spacing: float) -> tuple[int, int]:
+    """Lower bounds on (lattice nodes, check points) of these queries at ``spacing``, from their cells alone.
+
+    Each lattice cell holding a query has its own corner node (the stencil's node at offset 0, 0) and
+    its own centre check point, so the distinct corners and cells bound what
+    :func:`lattice_node_count` and ``check_points`` count, at one ``unique`` over the queries instead of
+    one over every cell's stencil of :data:`STENCIL` nodes.
+    """
+    columns = check_spacing(spacing)
+    x = np.floor((lonlat[:, 0] + 180.0) / spacing).astype(np.int64)  # lon 180° is column ``columns``: unwrapped,
+    y = np.floor((lonlat[:, 1] + 90.0) / spacing).astype(np.int64)  # as the check points key their cells
+    cells = np.unique(y * (columns + 1) + x)
+    corners = np.unique(cells // (columns + 1) * columns + cells % (columns + 1) % columns)
+    return len(corners), len(cells)
+
+
 def interpolate(node_values: torch.Tensor, stencils: Stencils) -> torch.Tensor:
     """(n, C) values at the queries from (U, C) values at the stencils' nodes.
 

@@ -61,6 +61,7 @@ from range_dist.retrieval.fast.approximations import (
     ValueBasis,
     fit_value_basis,
     interpolate,
+    lattice_count_bounds,
     lattice_node_count,
     lattice_stencils,
 )
@@ -215,13 +216,20 @@ def paying_spacings(workload: Workload, ladder: Sequence[float], check_weight: f
     run's calls (e.g. a 0.25° lattice for a 0.5° grid) is never worth probing. The ladder is coarsest
     first, so this is a prefix of it.
     """
-    def pays(spacing: float) -> bool:
-        nodes, checks = lattice_counts(workload, spacing)
-        return nodes + check_weight * checks < LATTICE_COST_RATIO * len(workload.call)
+    limit = LATTICE_COST_RATIO * len(workload.call)
 
-    # a finer lattice has more nodes and check points: bisect for the first that does not pay (each count
-    # is a few unique() calls over the call's points, 0.1 s for the whole of both ladders on a 14k-point
-    # call, which a run too small for the fast mode paid before falling back to exact)
+    def pays(spacing: float) -> bool:
+        if spacing not in workload.counts:
+            # the cells' corner nodes and centres bound the counts from below: a spacing too fine is refused
+            # from one unique() over the call's points, not the unique() over every cell's 36 stencil nodes
+            # (both ladders: 0.09 -> 0.04 s on a 0.25° tile's 9k land cells, 0.22 -> 0.14 s on a 0.1° tile's 41k)
+            corners, cells = lattice_count_bounds(workload.call, spacing)
+            if corners + check_weight * cells >= limit:
+                return False
+        nodes, checks = lattice_counts(workload, spacing)
+        return nodes + check_weight * checks < limit
+
+    # a finer lattice has more nodes and check points: bisect for the first that does not pay
     low, high = 0, len(ladder)
     while low < high:
         middle = (low + high) // 2
