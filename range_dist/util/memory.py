@@ -3,10 +3,10 @@
 numpy asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``) for every array of
 4 MiB or more. A run's large arrays (the database's values, 400 MB at 100k rows; a 0.1° tile's block,
 500 MB; the cube writer's buffers) are mostly touched once or streamed, where huge pages save next to
-nothing, while their first touch cost 4x more on the 2-core VMs of the README's figures (a fresh
-410 MB array: 0.6-0.7 s against 0.15 s). There, without the hint, the exact 0.25° run took 28.9 s
-instead of 34.3 s and the fast one 12.2 s instead of 14.9 s (medians of 3,
-``benchmarks/grid_job.py --only 1 --repeat 3`` with ``NUMPY_MADVISE_HUGEPAGE`` 0 and 1).
+nothing, while a fresh process's first touch of them cost 0.6-2.3 s per 410 MB with the hint and
+0.15-0.2 s without on the 2-core VMs of the README's figures. There ``range-dist embed-grid`` in fresh
+processes took, without the hint against with it (medians): fast 0.1° tile 18.4 s against 22.5 s,
+fast 0.25° 15.6 s against 16.6 s, exact 0.25° 34.6 s against 37.8 s; the exact 0.1° tile was unchanged.
 
 numpy reads its setting from ``NUMPY_MADVISE_HUGEPAGE`` once, at import: set here it still reaches the
 processes this one starts (a local Ray cluster), and numpy's setter applies it to this process, where
@@ -16,6 +16,7 @@ numpy is already imported. A user's own ``NUMPY_MADVISE_HUGEPAGE`` is left as it
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 #: numpy's environment variable for its huge-page hint ("0": off, "1": on).
 HUGEPAGE_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
@@ -32,23 +33,30 @@ def numpy_without_huge_pages() -> bool:
     if chosen is not None:
         return chosen.strip() == "0"
     os.environ[HUGEPAGE_VARIABLE] = "0"
-    try:  # numpy's own setter of the variable's value (private, in numpy since 1.20; numpy 2 moved it)
-        from numpy._core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined]
-    except ImportError:
-        try:
-            from numpy.core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined,no-redef]
-        except ImportError:
-            return False
-    _set_madvise_hugepage(False)
+    setter = _hugepage_setter()
+    if setter is None:
+        return False
+    setter(False)
     return True
 
 
 def numpy_huge_pages_enabled() -> bool:
     """Whether numpy currently asks for huge pages for its large arrays in this process."""
+    setter = _hugepage_setter()
+    if setter is None:
+        return False
+    enabled = bool(setter(True))  # the setter returns the previous value: put it back
+    setter(enabled)
+    return enabled
+
+
+def _hugepage_setter() -> Callable[[bool], bool] | None:
+    """numpy's setter of the value it read from the variable (private, since numpy 1.20; numpy 2 moved it)."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined]
     except ImportError:
-        from numpy.core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined,no-redef]
-    enabled = bool(_set_madvise_hugepage(True))  # the setter returns the previous value: put it back
-    _set_madvise_hugepage(enabled)
-    return enabled
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            return None
+    return _set_madvise_hugepage  # type: ignore[no-any-return]
