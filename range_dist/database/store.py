@@ -533,9 +533,9 @@ def _zero_rows(keys: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     only the rows below 1e-20 get the float64 norm: the answer of ``np.linalg.norm`` in float64 on
     every row, without a float64 copy of the keys (0.7 s on 100k x 256).
     """
-    squares = np.einsum("ij,ij->i", keys, keys, dtype=np.float32) if keys.dtype == np.float32 else None
-    if squares is None:
+    if keys.dtype != np.float32:
         return np.linalg.norm(np.asarray(keys, dtype=np.float64), axis=1) < 1e-12
+    squares = np.einsum("ij,ij->i", keys, keys, dtype=np.float32)
     bad = np.zeros(keys.shape[0], dtype=bool)
     suspect = np.flatnonzero(~(squares >= 1e-20))  # NaN rows too (refused as non-finite before this)
     if len(suspect):
@@ -726,8 +726,13 @@ def _read_rows(path: Path | str, group: Any, name: str, rows: int, meta: Mapping
     try:
         return np.asarray(group[name][:rows])
     except READ_ERRORS as exc:
-        raise DatabaseError(f"{path}: cannot decode array {name!r} ({type(exc).__name__}: {exc}); a chunk is "
-                            f"damaged. {_fix_hint(path, meta)}") from exc
+        raise _undecodable(path, name, exc, meta) from exc
+
+
+def _undecodable(path: Path | str, name: str, exc: BaseException, meta: Mapping[str, Any]) -> DatabaseError:
+    """The message of an array whose chunk zarr cannot decode."""
+    return DatabaseError(f"{path}: cannot decode array {name!r} ({type(exc).__name__}: {exc}); a chunk is "
+                         f"damaged. {_fix_hint(path, meta)}")
 
 
 def _read_values_with_ones(path: Path | str, group: Any, rows: int, meta: Mapping[str, Any]) -> npt.NDArray[Any]:
@@ -743,8 +748,7 @@ def _read_values_with_ones(path: Path | str, group: Any, rows: int, meta: Mappin
             stop = min(rows, start + step)
             aug[start:stop, :-1] = array[start:stop]
     except READ_ERRORS as exc:
-        raise DatabaseError(f"{path}: cannot decode array 'values' ({type(exc).__name__}: {exc}); a chunk is "
-                            f"damaged. {_fix_hint(path, meta)}") from exc
+        raise _undecodable(path, "values", exc, meta) from exc
     return aug[:, :-1]
 
 
