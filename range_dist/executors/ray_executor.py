@@ -66,9 +66,10 @@ from range_dist.jobs.grid.plan import GridPlan
 from range_dist.jobs.grid.steps import (
     EncoderPayload,
     TileResult,
-    embed_and_write_tile,
+    embed_tile,
     merge_and_write_tile,
     tile_partials,
+    write_embedded,
 )
 from range_dist.retrieval.encoder import RangeEncoder
 from range_dist.util import fault_injection
@@ -205,6 +206,7 @@ class TileWorker:
         self.encoder: RangeEncoder = payload.build(device, shard)
         self.tiles_done: int = 0
         self._count_lock: threading.Lock = threading.Lock()
+        self._compute_lock: threading.Lock = threading.Lock()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own accessor
             self.reconstructed: bool = context.was_current_actor_reconstructed
@@ -230,13 +232,19 @@ class TileWorker:
     def embed_tile(self, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool,
                    store: Path | str, dtype: str) -> TileResult:
         # the store as the config holds it: a local path, or a URL that Path() would mangle
-        result = embed_and_write_tile(self.encoder, grid, tile, betas, land_only, store, dtype)  # type: ignore[arg-type]
+        # Two calls run at once (max_concurrency=2), one computing: the other's write overlaps it. Two
+        # computes at once would only share the same cores (each with its own thread team) and mix the
+        # encoder's per-tile fast-mode statistics.
+        with self._compute_lock:
+            embedded = embed_tile(self.encoder, grid, tile, betas, land_only, dtype)
+        result = write_embedded(store, embedded)
         self._after_tile()
         return self._placed(result)
 
     def partials(self, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool) -> Any:
         """(node id, actor id, node payload bytes, this shard's partials) of one tile."""
-        result = tile_partials(self.encoder, grid, tile, betas, land_only)
+        with self._compute_lock:  # one compute at a time, as embed_tile
+            result = tile_partials(self.encoder, grid, tile, betas, land_only)
         self._after_tile()
         return self.node_id, self.actor_id, self.payload_bytes, result
 

@@ -126,24 +126,59 @@ def tile_block(tile: TileKey, mask: npt.NDArray[np.bool_], betas: int, features:
     return block
 
 
-def embed_and_write_tile(
-    encoder: RangeEncoder, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool, store: Path,
+@dataclass(frozen=True)
+class EmbeddedTile:
+    """A tile computed and not yet written (what the executors hand from the compute to the write).
+
+    Attributes:
+        tile: the tile.
+        block: (len(betas), h, w, F) in the cube's dtype, NaN outside the embedded cells; None for a
+            tile without land (written as skipped).
+        points: cells embedded.
+        kernel_seconds: seconds of the encoder's work on it.
+        fast_checks: this tile's fast-mode check statistics (None in exact mode).
+    """
+
+    tile: TileKey
+    block: npt.NDArray[Any] | None
+    points: int = 0
+    kernel_seconds: float = 0.0
+    fast_checks: FastStats | None = None
+
+
+def embed_tile(
+    encoder: RangeEncoder, grid: GridSpec, tile: TileKey, betas: Sequence[float], land_only: bool,
     dtype: str = "float32",
-) -> TileResult:
-    """Embed one tile at every β and write it as one shard (idempotent), in the cube's ``dtype``."""
+) -> EmbeddedTile:
+    """Embed one tile at every β in the cube's ``dtype`` (written by :func:`write_embedded`).
+
+    Not reentrant on one ``encoder``: its fast-mode statistics are per call, so a caller that runs
+    calls in parallel serialises them (``TileWorker`` does).
+    """
     lonlat, mask = tile_points(grid, tile, land_only)
     if not mask.any():
-        write_tile(store, tile, None, TILE_SKIPPED)
-        return TileResult(tile, TILE_SKIPPED, 0, 0.0, 0)
+        return EmbeddedTile(tile, None)
     if encoder.fast is not None:  # this tile's own check statistics
         encoder.fast.stats = FastStats()
     start = time.perf_counter()
     block = tile_block(tile, mask, len(betas), encoder.output_dim, dtype)
     encoder.encode(lonlat[mask], betas, out=block, rows=np.flatnonzero(mask))
     kernel = time.perf_counter() - start
-    written = write_tile(store, tile, block.reshape(len(betas), *tile.shape, -1), TILE_COMPUTED)
     checks = None if encoder.fast is None else encoder.fast.stats
-    return TileResult(tile, TILE_COMPUTED, int(mask.sum()), kernel, written, checks)
+    return EmbeddedTile(tile, block.reshape(len(betas), *tile.shape, -1), int(mask.sum()), kernel, checks)
+
+
+def write_embedded(store: Path | str, embedded: EmbeddedTile) -> TileResult:
+    """Write a computed tile as one shard (idempotent) and mark it: computed, or skipped without land.
+
+    ``store`` is the cube: a local path, or an object-store URL as the config holds it.
+    """
+    if embedded.block is None:
+        write_tile(store, embedded.tile, None, TILE_SKIPPED)
+        return TileResult(embedded.tile, TILE_SKIPPED, 0, 0.0, 0)
+    written = write_tile(store, embedded.tile, embedded.block, TILE_COMPUTED)
+    return TileResult(embedded.tile, TILE_COMPUTED, embedded.points, embedded.kernel_seconds, written,
+                      embedded.fast_checks)
 
 
 def tile_partials(
