@@ -300,8 +300,9 @@ class _Replica:
         bounds = plan.payload.database.shard_bounds(cfg.db_shards) if cfg.db_shards > 1 else [None]
         self.actors = [
             # Two calls at a time per actor: one tile's Zarr write (compression, in C, GIL released)
-            # overlaps the next tile's compute (computes take turns: TileWorker's lock). SPREAD: replicas go to different nodes while there
-            # are nodes with room, so a run uses every node and one lost node costs one replica.
+            # overlaps the next tile's compute (computes take turns: TileWorker's lock). SPREAD:
+            # replicas go to different nodes while there are nodes with room, so a run uses every
+            # node and one lost node costs one replica.
             TileWorker.options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2,  # type: ignore[attr-defined]
                                scheduling_strategy="SPREAD", runtime_env=fault_injection.runtime_env()).remote(
                 holder, b, device, max(1, int(cpus)))
