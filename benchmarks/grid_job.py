@@ -25,7 +25,7 @@ fast at ``--tolerance``:
 
 Usage:
     python benchmarks/grid_job.py --quick           # a few minutes: 20k rows, small regions
-    python benchmarks/grid_job.py                   # the full table (100k rows; ~20 min on 2 cores)
+    python benchmarks/grid_job.py                   # the full table (100k rows; ~25 min on 2 cores)
     python benchmarks/grid_job.py --only 3 --repeat 5   # one case, median of 5 alternating runs per mode
 """
 

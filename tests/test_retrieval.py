@@ -89,6 +89,21 @@ def test_block_size_respects_memory_budget(location_encoder, sample_db) -> None:
     assert block_bytes <= 8 * 2**20
 
 
+def test_cpu_blocks_keep_the_score_block_cache_sized(location_encoder, sample_db) -> None:
+    from range_dist.retrieval.encoder import BLOCK_SHAPES, query_block_size
+
+    rows, score_bytes = BLOCK_SHAPES["cpu"]
+    settings = RangeEncoder(location_encoder, sample_db).settings(BETAS)  # RANGE+, two heads, on CPU
+    assert settings.db_chunk == rows
+    assert 2 * settings.query_chunk * rows * 4 <= score_bytes
+    # one head fills the same score block with twice the queries; a small budget still wins
+    assert query_block_size(rows, 1025, 1, 2**40, score_block_bytes=score_bytes) == 2 * settings.query_chunk
+    assert query_block_size(rows, 1025, 2, 2**20, score_block_bytes=score_bytes) == 16
+    # the GPU's shape is the one it had: 1024 queries of 4096 rows
+    gpu_rows, gpu_bytes = BLOCK_SHAPES["cuda"]
+    assert query_block_size(gpu_rows, 1025, 2, 2**40, score_block_bytes=gpu_bytes) == 1024
+
+
 def test_only_needed_heads_are_computed() -> None:
     assert RetrievalSettings.for_variant("range+", (1.0,)).heads == ("sem",)
     assert RetrievalSettings.for_variant("range+", (0.0,)).heads == ("geo",)

@@ -42,10 +42,27 @@ STAGE_BLEND = "blending"
 STAGE_CAST = "casting + copy out"
 
 
-def query_block_size(db_chunk: int, width: int, n_heads: int, memory_budget_bytes: int, dtype_bytes: int = 4) -> int:
-    """Largest query block whose score block and accumulator fit the memory budget (>= 16)."""
+#: Block shapes of the exact retrieval per device type: database rows per block, and the largest score
+#: block (bytes, all heads). On CPU, 8192-row blocks whose score block stays 16 MiB (256 queries for two
+#: heads, 512 for one) ran the 100k-row retrieval at 0.86-0.87 of the machine's matrix-product rate
+#: against 0.70-0.71 for 1024 queries x 4096 rows (``benchmarks/retrieval.py --sweep`` and
+#: ``--query-chunk/--db-chunk``, 2-core EPYC at 180-190 GFLOP/s); a GPU keeps the larger query blocks
+#: that fill it. The memory budget can only make a block smaller.
+BLOCK_SHAPES: dict[str, tuple[int, int]] = {"cpu": (8192, 16 * 2**20), "cuda": (4096, 1024 * 2 * 4096 * 4)}
+
+
+def block_shape(device: torch.device) -> tuple[int, int]:
+    """(database rows per block, largest score block in bytes) for ``device``; CUDA's for other accelerators."""
+    return BLOCK_SHAPES.get(device.type, BLOCK_SHAPES["cuda"])
+
+
+def query_block_size(db_chunk: int, width: int, n_heads: int, memory_budget_bytes: int, dtype_bytes: int = 4,
+                     score_block_bytes: int = 1024 * 2 * 4096 * 4) -> int:
+    """Queries per block (16 to 1024): the score block within ``score_block_bytes``, and the score block
+    plus the accumulator within the memory budget."""
+    most = min(1024, score_block_bytes // (n_heads * db_chunk * dtype_bytes))
     per_query = n_heads * (db_chunk + width) * dtype_bytes
-    return max(16, min(1024, memory_budget_bytes // per_query))
+    return max(16, min(most, memory_budget_bytes // per_query))
 
 
 class RangeEncoder:
@@ -58,7 +75,7 @@ class RangeEncoder:
         device: ``cpu``, ``cuda`` or ``cuda:N``; the database is moved there once.
         tau_sem: semantic temperature; default the published one for the variant.
         tau_geo: spatial temperature (RANGE+); default the published 40.
-        db_chunk: database rows per block.
+        db_chunk: database rows per block; default the device's (:data:`BLOCK_SHAPES`).
         memory_budget_mb: bound on the per-block working memory (score block + accumulators).
         stages: seconds per stage of every call so far (:class:`StageTimes`; reset it between runs).
         mode: ``exact`` (default) or ``fast`` (approximations validated to ``tolerance``; see
@@ -83,7 +100,7 @@ class RangeEncoder:
         *,
         tau_sem: float | None = None,
         tau_geo: float | None = None,
-        db_chunk: int = 4096,
+        db_chunk: int | None = None,
         memory_budget_mb: float = 256.0,
         mode: str = "exact",
         tolerance: float | None = None,
@@ -105,7 +122,8 @@ class RangeEncoder:
         self.location_encoder = location_encoder.to(self.device).eval()
         self.database = database
         self.db = DeviceDatabase.from_database(database, device=self.device)
-        self.db_chunk = int(db_chunk)
+        default_chunk, self.score_block_bytes = block_shape(self.device)
+        self.db_chunk = default_chunk if db_chunk is None else int(db_chunk)
         self.memory_budget_bytes = int(memory_budget_mb * 2**20)
 
     def plan_fast(self, lonlat: npt.ArrayLike, betas: Sequence[float], tolerance: float | None = None,
@@ -143,7 +161,8 @@ class RangeEncoder:
         settings = RetrievalSettings.for_variant(
             self.variant, betas, self.tau_sem, self.tau_geo, db_chunk=self.db_chunk
         )
-        block = query_block_size(self.db_chunk, self.db.value_dim + 1, len(settings.heads), self.memory_budget_bytes)
+        block = query_block_size(self.db_chunk, self.db.value_dim + 1, len(settings.heads), self.memory_budget_bytes,
+                                 score_block_bytes=self.score_block_bytes)
         return RetrievalSettings(**{**settings.__dict__, "query_chunk": block, "precision": self.precision_used})
 
     @torch.no_grad()

@@ -567,8 +567,10 @@ def embedding_norms(averages: dict[str, torch.Tensor], q_hat: torch.Tensor, beta
 def retrieve_averages(db: DeviceDatabase, heads: tuple[str, ...], q_hat: torch.Tensor, xyz: torch.Tensor,
                       settings: RetrievalSettings) -> list[torch.Tensor]:
     """(n, C) softmax averages of each of ``heads`` over ``db`` at the queries, in query blocks."""
+    # the query block was sized for all the settings' heads: fewer heads fill the same score block with more
+    # queries (at most 1024, as sized)
+    step = max(settings.query_chunk, min(1024, settings.query_chunk * len(settings.heads) // max(1, len(heads))))
     settings = replace(settings, heads=heads)
-    step = settings.query_chunk
     blocks = [retrieve_partials(q_hat[s : s + step], xyz[s : s + step], db, settings).averages()
               for s in range(0, q_hat.shape[0], step)]
     return list(torch.cat(blocks, dim=1))
