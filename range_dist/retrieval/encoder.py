@@ -19,6 +19,7 @@ from range_dist.errors import ConfigError
 from range_dist.geo.coords import lonlat_to_xyz, validate_lonlat
 from range_dist.retrieval.engine import (
     LOCATION_BATCH,
+    MAX_QUERY_BLOCK,
     DeviceDatabase,
     Partials,
     RetrievalSettings,
@@ -48,7 +49,8 @@ STAGE_CAST = "casting + copy out"
 #: against 0.70-0.71 for 1024 queries x 4096 rows (``benchmarks/retrieval.py --sweep`` and
 #: ``--query-chunk/--db-chunk``, 2-core EPYC at 180-190 GFLOP/s); a GPU keeps the larger query blocks
 #: that fill it. The memory budget can only make a block smaller.
-BLOCK_SHAPES: dict[str, tuple[int, int]] = {"cpu": (8192, 16 * 2**20), "cuda": (4096, 1024 * 2 * 4096 * 4)}
+_GPU_SCORE_BLOCK_BYTES = MAX_QUERY_BLOCK * 2 * 4096 * 4  # two heads of 1024 queries x 4096 rows, float32
+BLOCK_SHAPES: dict[str, tuple[int, int]] = {"cpu": (8192, 16 * 2**20), "cuda": (4096, _GPU_SCORE_BLOCK_BYTES)}
 
 
 def block_shape(device: torch.device) -> tuple[int, int]:
@@ -57,10 +59,10 @@ def block_shape(device: torch.device) -> tuple[int, int]:
 
 
 def query_block_size(db_chunk: int, width: int, n_heads: int, memory_budget_bytes: int, dtype_bytes: int = 4,
-                     score_block_bytes: int = 1024 * 2 * 4096 * 4) -> int:
-    """Queries per block (16 to 1024): the score block within ``score_block_bytes``, and the score block
-    plus the accumulator within the memory budget."""
-    most = min(1024, score_block_bytes // (n_heads * db_chunk * dtype_bytes))
+                     score_block_bytes: int = _GPU_SCORE_BLOCK_BYTES) -> int:
+    """Queries per block (16 to :data:`MAX_QUERY_BLOCK`): the score block within ``score_block_bytes``, and
+    the score block plus the accumulator within the memory budget."""
+    most = min(MAX_QUERY_BLOCK, score_block_bytes // (n_heads * db_chunk * dtype_bytes))
     per_query = n_heads * (db_chunk + width) * dtype_bytes
     return max(16, min(most, memory_budget_bytes // per_query))
 

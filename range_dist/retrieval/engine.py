@@ -59,6 +59,11 @@ LOCATION_BATCH = 16384
 _MAX_STATIC_TAU = 43.0
 
 
+#: Most queries in one block of the exact retrieval (on any device; the block shape and the memory budget
+#: can only make a block smaller).
+MAX_QUERY_BLOCK = 1024
+
+
 @dataclass(frozen=True)
 class RetrievalSettings:
     """What to retrieve and how to chunk it.

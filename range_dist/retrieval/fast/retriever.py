@@ -30,7 +30,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from range_dist.retrieval.engine import DeviceDatabase, RetrievalSettings, blend_heads, retrieve_partials
+from range_dist.retrieval.engine import (
+    MAX_QUERY_BLOCK,
+    DeviceDatabase,
+    RetrievalSettings,
+    blend_heads,
+    retrieve_partials,
+)
 from range_dist.retrieval.fast.approximations import (
     ErrorSketch,
     Stencils,
@@ -568,8 +574,9 @@ def retrieve_averages(db: DeviceDatabase, heads: tuple[str, ...], q_hat: torch.T
                       settings: RetrievalSettings) -> list[torch.Tensor]:
     """(n, C) softmax averages of each of ``heads`` over ``db`` at the queries, in query blocks."""
     # the query block was sized for all the settings' heads: fewer heads fill the same score block with more
-    # queries (at most 1024, as sized)
-    step = max(settings.query_chunk, min(1024, settings.query_chunk * len(settings.heads) // max(1, len(heads))))
+    # queries (at most MAX_QUERY_BLOCK, as sized)
+    step = max(settings.query_chunk,
+               min(MAX_QUERY_BLOCK, settings.query_chunk * len(settings.heads) // max(1, len(heads))))
     settings = replace(settings, heads=heads)
     blocks = [retrieve_partials(q_hat[s : s + step], xyz[s : s + step], db, settings).averages()
               for s in range(0, q_hat.shape[0], step)]
