@@ -67,6 +67,9 @@ from range_dist.util.memory import numpy_without_huge_pages
 
 BETAS = (0.0, 0.5, 1.0)
 LEGENDRE_POLYS = 40
+#: SIREN width of the released SatCLIP-ViT16-L40 (1600 -> 512 -> 512 -> 256, 1.21 M parameters); the
+#: README's fast-mode table before the factorised first layer was measured at 256.
+PUBLISHED_CAPACITY = 512
 
 
 @dataclass(frozen=True)
@@ -99,15 +102,18 @@ def cases(quick: bool, rows: int, small_rows: int) -> list[Case]:
     ]
 
 
-def ensure_assets(work: Path, rows: int) -> AssetPaths:
-    """The L = 40 sample checkpoint and a ``rows``-row database, written once under ``work``."""
-    out = work / f"assets-L{LEGENDRE_POLYS}-{rows}"
+def ensure_assets(work: Path, rows: int, capacity: int = PUBLISHED_CAPACITY) -> AssetPaths:
+    """The L = 40 sample checkpoint (SIREN width ``capacity``) and a ``rows``-row database, written once
+    under ``work``."""
+    width = "" if capacity == 256 else f"c{capacity}-"  # the earlier width-256 assets keep their folder
+    out = work / f"assets-L{LEGENDRE_POLYS}-{width}{rows}"
     done = out / "done"
     if not done.exists():
         t0 = time.perf_counter()
-        paths = write_sample_assets(out, rows=rows, legendre_polys=LEGENDRE_POLYS)
+        paths = write_sample_assets(out, rows=rows, legendre_polys=LEGENDRE_POLYS, capacity=capacity)
         done.write_text(f"{paths.checkpoint}\n{paths.database}\n")
-        print(f"wrote sample assets {out} ({rows:,} rows, L={LEGENDRE_POLYS}) in {time.perf_counter() - t0:.1f} s")
+        print(f"wrote sample assets {out} ({rows:,} rows, L={LEGENDRE_POLYS}, SIREN width {capacity}) in "
+              f"{time.perf_counter() - t0:.1f} s")
     ckpt, db = done.read_text().split()
     return AssetPaths(Path(ckpt), Path(db))
 
@@ -322,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=None, help="database rows (default 100,000; quick 20,000)")
     parser.add_argument("--small-rows", type=int, default=None, help="the small database (default 8,000; quick 4,000)")
     parser.add_argument("--tolerance", type=float, default=1e-3)
+    parser.add_argument("--capacity", type=int, default=PUBLISHED_CAPACITY,
+                        help=f"SIREN width of the random-weight L = 40 checkpoint (default {PUBLISHED_CAPACITY}, the "
+                             "released model's)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/range_grid_job_bench"))
     parser.add_argument("--only", default=None, help="comma-separated case numbers (1-based) to run")
     parser.add_argument("--modes", default="exact,fast")
@@ -337,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = open(work / "runs.log", "a")  # noqa: SIM115 - the job's own lines, kept apart from the tables
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; SatCLIP "
-          f"L={LEGENDRE_POLYS} random weights (published harmonics); β {list(BETAS)}; float16 cube; land only; "
+          f"L={LEGENDRE_POLYS} SIREN width {args.capacity} random weights (published harmonics); β {list(BETAS)}; "
+          "float16 cube; land only; "
           f"tolerance {args.tolerance:g}; numpy huge pages {'off' if no_huge_pages else 'on'}; "
           f"job log {work / 'runs.log'}")
     rate = matmul_rate()
@@ -355,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tables: list[str] = []
     per_point: dict[str, dict[str, float]] = {}
     for case in selected:
-        assets = ensure_assets(work, case.rows)
+        assets = ensure_assets(work, case.rows, args.capacity)
         runs: dict[str, list[RunResult]] = {mode: [] for mode in modes}
         for repeat in range(args.repeat):
             for mode in modes:
@@ -406,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             f"{pp[f'{mode}_fixed'] + start_up:.0f} s fixed = {total / 3600:.1f} h "
                             f"({1 / pp[mode]:,.0f} points/s per tile)")
         print("\n".join(line))
-    print("\n" + encoder_memory(ensure_assets(work, rows)))
+    print("\n" + encoder_memory(ensure_assets(work, rows, args.capacity)))
     print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
 
 

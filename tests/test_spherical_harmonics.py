@@ -226,3 +226,28 @@ def test_chunk_must_be_aligned() -> None:
     theta = torch.zeros(10, dtype=torch.float64)
     with pytest.raises(ValueError, match="multiple of 64, got 100"):
         program.evaluate(theta, theta, chunk=100)
+
+
+def test_factorised_features_are_the_evaluated_ones_within_float64_rounding() -> None:
+    """A tile's points as latitude part x longitude part (the SIREN's first layer contracts them so):
+    the same factors multiplied in another order, so within a few ulp of the published values."""
+    program = _published_program(40)
+    lat, lon = np.meshgrid(np.arange(89.95, 86.0, -0.1), np.arange(-180.0, -154.4, 0.1), indexing="ij")
+    pts = torch.from_numpy(np.stack([lon.ravel(), lat.ravel()], axis=1))  # 40 x 256 cells, pole and antimeridian
+    phi, theta = angles_from_lonlat(pts)
+    parts = program.factorised(theta, phi)
+    assert parts is not None
+    assert parts.lat.shape == (40, 1600) and parts.lon.shape == (256, 2 * 40 - 1)  # 1, cos(m*phi), sin(m*phi)
+    rebuilt = parts.lat[parts.lat_index] * parts.lon[parts.lon_index][:, parts.group]
+    dense = program.evaluate(theta, phi)
+    scale = dense.abs().amax(dim=0, keepdim=True)
+    assert float(((rebuilt - dense).abs() / scale).max()) < 1e-13
+
+
+def test_factorised_is_refused_where_it_would_not_pay_or_not_apply() -> None:
+    program = _published_program(40)
+    phi, theta = angles_from_lonlat(POINTS)  # scattered: a latitude per point
+    assert program.factorised(theta, phi) is None
+    odd = VectorisedProgram(ExpressionProgram(["sin(phi)*(2.0*cos(theta)**2 - 1.0)", "cos(theta)"]))
+    phi, theta = angles_from_lonlat(_grid(15.0, 15.0))
+    assert odd.factorised(theta, phi) is None  # a polynomial after a longitude factor: no split

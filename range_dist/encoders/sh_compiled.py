@@ -72,6 +72,27 @@ _FUNCS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"cos": torch.cos, "
 CHUNK_ALIGNMENT = 64
 
 
+@dataclass(frozen=True)
+class Factorised:
+    """Harmonic features of N points as a latitude part times a longitude part
+    (:meth:`VectorisedProgram.factorised`): ``features[p, k] ≈ lat[lat_index[p], k] * lon[lon_index[p], group[k]]``.
+
+    Attributes:
+        lat: (A, F) float64, per distinct latitude.
+        lon: (O, G) float64, per distinct longitude: the products of the longitude factors (``cos(m*phi)``,
+            ``sin(m*phi)``; a column of ones for features without one).
+        group: (F,) int64, the column of ``lon`` of each feature.
+        lat_index: (N,) int64, each point's row of ``lat``.
+        lon_index: (N,) int64, each point's row of ``lon``.
+    """
+
+    lat: torch.Tensor
+    lon: torch.Tensor
+    group: torch.Tensor
+    lat_index: torch.Tensor
+    lon_index: torch.Tensor
+
+
 class ExpressionProgram:
     """Many expression texts as one hash-consed program: each distinct subexpression is one op.
 
@@ -296,6 +317,8 @@ class VectorisedProgram:
         needed = {int(c) for _, cols in self._point_steps for c in cols if int(c) in theta_cols} - {0}
         self._theta_cols_per_point = sorted(needed)
         self._plan_longitude_sharing(theta_cols)
+        self._factor_cache: tuple[list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]], list[tuple[int, ...]],
+                                  npt.NDArray[np.int64]] | None = None
 
     def _plan_longitude_sharing(self, theta_cols: set[int]) -> None:
         """Split each per-point step into a latitude-table and a longitude-table factor.
@@ -451,18 +474,7 @@ class VectorisedProgram:
         from the first longitude-dependent one on.
         """
         device = theta.device
-        distinct = keys.view(torch.float64)
-        padded = (distinct.shape[0] + CHUNK_ALIGNMENT - 1) // CHUNK_ALIGNMENT * CHUNK_ALIGNMENT
-        lat = torch.cat([distinct, distinct[-1:].expand(padded - distinct.shape[0])])
-        values = self.program.run_ops(lat, lat, self._theta_leaf_ops, self._theta_leaves)  # phi unused
-        leaves = torch.zeros((len(self.leaves), padded), dtype=torch.float64, device=device)
-        for slot in self._theta_leaves:
-            leaves[self._leaf_col[slot] - 1] = values[slot]
-        prefix = torch.empty((padded, len(self.program.outputs)), dtype=torch.float64, device=device)
-        tables = self._tables(device, "prefix")
-        buffers: dict[str, torch.Tensor] = {}
-        for first in range(0, padded, block):
-            self._block(leaves[:, first : first + block], prefix[first : first + block], tables, buffers)
+        leaves, prefix = self._latitude_prefix(keys.view(torch.float64), block)
         if self._lon_steps is not None:
             lon_keys, lon_inverse = torch.unique(phi.view(torch.int64), return_inverse=True)
             if lon_keys.shape[0] * 4 <= theta.shape[0]:
@@ -506,13 +518,7 @@ class VectorisedProgram:
         outputs) table, so a point costs two row gathers and one multiply per step.
         """
         device = distinct_phi.device
-        padded = (distinct_phi.shape[0] + CHUNK_ALIGNMENT - 1) // CHUNK_ALIGNMENT * CHUNK_ALIGNMENT
-        lon = torch.cat([distinct_phi, distinct_phi[-1:].expand(padded - distinct_phi.shape[0])])
-        values = self.program.run_ops(lon, lon, self._point_leaf_ops, self._point_leaves)  # theta unused
-        lon_table = torch.zeros((1 + len(self.leaves), padded), dtype=torch.float64, device=device)
-        lon_table[0] = 1.0
-        for slot in self._point_leaves:
-            lon_table[self._leaf_col[slot]] = values[slot]
+        lon_table = self._longitude_table(distinct_phi)
         lat_table = torch.cat([torch.ones_like(lat_leaves[:1]), lat_leaves])  # column c at row c
         full = len(self.program.outputs)
         steps: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
@@ -531,6 +537,95 @@ class VectorisedProgram:
                     rows.mul_(gathered)
                 else:
                     rows[:, sub] = rows[:, sub] * gathered
+
+    def factorised(self, theta: torch.Tensor, phi: torch.Tensor) -> Factorised | None:
+        """The features of points that share few latitudes, as a latitude part and a longitude part.
+
+        Every feature is ``c * (theta-only factors) * (phi-only factors)`` (module docstring), so
+        ``features[p, k] = lat[lat_index[p], k] * lon[lon_index[p], group[k]]`` with at most a few
+        float64 ulp of difference from :meth:`evaluate` (the same factors, multiplied in another
+        order): not the published bits, but what a consumer that contracts the features (the SIREN's
+        first layer, :func:`range_dist.encoders.satclip.factorised_linear`) needs to skip the (N, F)
+        table.
+
+        Args:
+            theta: (N,) float64 polar angle from the south pole, radians.
+            phi: (N,) float64 longitude + pi, radians.
+
+        Returns:
+            The factors, or None when the program does not split so (a polynomial with a longitude
+            term) or the points share too few latitudes (more than one distinct latitude per 4 points).
+        """
+        if not self._shared or self._lon_steps is None or theta.shape[0] == 0:
+            return None
+        keys, lat_index = torch.unique(theta.view(torch.int64), return_inverse=True)
+        if keys.shape[0] * 4 > theta.shape[0]:
+            return None
+        lon_keys, lon_index = torch.unique(phi.view(torch.int64), return_inverse=True)
+        device = theta.device
+        block = max(256, 409600 // len(self.program.outputs) // 64 * 64)
+        leaves, lat_part = self._latitude_prefix(keys.view(torch.float64), block)
+        lat_table = torch.cat([torch.ones_like(leaves[:1]), leaves])  # column c at row c
+        lon_table = self._longitude_table(lon_keys.view(torch.float64))
+        lat_steps, signatures, group = self._factor_plan()
+        for sub, cols in lat_steps:  # each per-point step's latitude factors, into the latitude part
+            index = torch.from_numpy(sub).to(device)
+            lat_part[:, index] = lat_part[:, index] * lat_table.index_select(0, torch.from_numpy(cols).to(device)).t()
+        lon_part = torch.ones((lon_table.shape[1], len(signatures)), dtype=torch.float64, device=device)
+        for g, signature in enumerate(signatures):
+            for c in signature:
+                lon_part[:, g] *= lon_table[c]
+        return Factorised(lat_part[: keys.shape[0]], lon_part[: lon_keys.shape[0]], torch.from_numpy(group).to(device),
+                          lat_index, lon_index)
+
+    def _factor_plan(self) -> tuple[list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]], list[tuple[int, ...]],
+                                    npt.NDArray[np.int64]]:
+        """The per-point steps' latitude factors (outputs, latitude-table columns), the distinct longitude
+        factor sequences (longitude-table columns, in step order) and each output's sequence (computed once)."""
+        if self._factor_cache is None:
+            assert self._lon_steps is not None
+            lat_steps = []
+            lon_factors: list[list[int]] = [[] for _ in self.program.outputs]
+            for parts in self._lon_steps:
+                for sub, cols, on_lat in parts:
+                    if on_lat:
+                        lat_steps.append((sub, cols))
+                        continue
+                    for k, c in zip(sub.tolist(), cols.tolist()):
+                        if c != 0:  # column 0 is 1.0
+                            lon_factors[k].append(c)
+            signatures = sorted({tuple(f) for f in lon_factors})
+            column = {signature: g for g, signature in enumerate(signatures)}
+            group = np.array([column[tuple(f)] for f in lon_factors], dtype=np.int64)
+            self._factor_cache = (lat_steps, signatures, group)
+        return self._factor_cache
+
+    def _latitude_prefix(self, distinct: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Theta-only leaves (leaves, A') and product prefixes (A', outputs) of distinct latitudes, padded to A'
+        (a multiple of :data:`CHUNK_ALIGNMENT`: every one takes torch's vector path, as the points of an aligned
+        chunk do)."""
+        lat = _padded(distinct)
+        values = self.program.run_ops(lat, lat, self._theta_leaf_ops, self._theta_leaves)  # phi unused
+        leaves = torch.zeros((len(self.leaves), lat.shape[0]), dtype=torch.float64, device=lat.device)
+        for slot in self._theta_leaves:
+            leaves[self._leaf_col[slot] - 1] = values[slot]
+        prefix = torch.empty((lat.shape[0], len(self.program.outputs)), dtype=torch.float64, device=lat.device)
+        tables = self._tables(lat.device, "prefix")
+        buffers: dict[str, torch.Tensor] = {}
+        for first in range(0, lat.shape[0], block):
+            self._block(leaves[:, first : first + block], prefix[first : first + block], tables, buffers)
+        return leaves, prefix
+
+    def _longitude_table(self, distinct_phi: torch.Tensor) -> torch.Tensor:
+        """(1 + leaves, O') value table of distinct longitudes padded to O' as :meth:`_latitude_prefix` pads:
+        row 0 = 1.0, then the phi-only leaves at their columns."""
+        lon = _padded(distinct_phi)
+        values = self.program.run_ops(lon, lon, self._point_leaf_ops, self._point_leaves)  # theta unused
+        lon_table = torch.zeros((1 + len(self.leaves), lon.shape[0]), dtype=torch.float64, device=lon.device)
+        lon_table[0] = 1.0
+        for slot in self._point_leaves:
+            lon_table[self._leaf_col[slot]] = values[slot]
+        return lon_table
 
     def _point_steps_on(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         key = (device, "point-steps")
@@ -597,6 +692,13 @@ class _Tables:
     group_coefs: list[list[torch.Tensor]]  # per group, per step: float64 (count, 1)
     product_cols: list[torch.Tensor]  # per product step: int64 (outputs,)
     c0: torch.Tensor  # float64 (outputs, 1)
+
+
+def _padded(distinct: torch.Tensor) -> torch.Tensor:
+    """``distinct`` padded with its last value to a multiple of :data:`CHUNK_ALIGNMENT` (torch's vector path
+    for every element, as for the points of an aligned chunk)."""
+    padded = (distinct.shape[0] + CHUNK_ALIGNMENT - 1) // CHUNK_ALIGNMENT * CHUNK_ALIGNMENT
+    return torch.cat([distinct, distinct[-1:].expand(padded - distinct.shape[0])])
 
 
 def _stack(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

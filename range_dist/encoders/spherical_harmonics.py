@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from range_dist.encoders.sh_compiled import ExpressionProgram, VectorisedProgram
+from range_dist.encoders.sh_compiled import ExpressionProgram, Factorised, VectorisedProgram
 from range_dist.errors import ConfigError
 
 HarmonicsMode = Literal["published", "exact", "closed-form"]
@@ -153,6 +153,14 @@ class SphericalHarmonics(nn.Module):
 
     def forward(self, lonlat: torch.Tensor) -> torch.Tensor:
         return spherical_harmonics(lonlat, self.legendre_polys, self.mode)
+
+    def factorised(self, lonlat: torch.Tensor) -> Factorised | None:
+        """The features as a latitude part times a longitude part (published mode, points sharing
+        latitudes: :meth:`~range_dist.encoders.sh_compiled.VectorisedProgram.factorised`), else None."""
+        if self.mode != "published" or self.legendre_polys < 2:
+            return None
+        phi, theta = angles_from_lonlat(lonlat.to(torch.float64))
+        return _published_program(self.legendre_polys).factorised(theta, phi)
 
     def extra_repr(self) -> str:
         return f"legendre_polys={self.legendre_polys}, mode={self.mode!r}"
