@@ -146,11 +146,11 @@ class BlockTimes:
         return sum(min(times) for times in zip(*self.passes[key]))
 
 
-def matmul_rate(size: int = 2048, reps: int = 10) -> float:
-    """Best GFLOP/s of ``torch.mm`` of two size×size fp32 matrices."""
+def matmul_rate(size: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of ``torch.mm`` of two size×size matrices (fp32 by default)."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    out = torch.empty(size, size)
+    a, b = (torch.randn(size, size, generator=gen, dtype=dtype), torch.randn(size, size, generator=gen, dtype=dtype))
+    out = torch.empty(size, size, dtype=dtype)
     torch.mm(a, b, out=out)
     best, _ = best_time(lambda: torch.mm(a, b, out=out), reps)
     return 2.0 * size**3 / best / 1e9

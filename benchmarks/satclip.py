@@ -23,36 +23,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from retrieval import best_time, matmul_rate, peak_rss_mib  # benchmarks/retrieval.py, beside this script
 
 from range_dist.encoders.satclip import SatCLIPLocationConfig, SatCLIPLocationEncoder, factorised_linear
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def best_seconds(fn: Callable[[], object], reps: int) -> float:
     """Best wall seconds of ``reps`` calls (after one warm-up call)."""
     fn()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def float64_matmul_rate(size: int = 1024) -> float:
-    """GFLOP/s of ``torch.mm`` of two size x size float64 matrices (best of 5)."""
-    a, b = torch.randn(size, size, dtype=torch.float64), torch.randn(size, size, dtype=torch.float64)
-    return 2.0 * size**3 / best_seconds(lambda: torch.mm(a, b), 5) / 1e9
+    return best_time(fn, reps)[0]
 
 
 def points(layout: str, rows: int, cols: int) -> torch.Tensor:
@@ -101,7 +84,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     pts = points(args.layout, args.rows, args.cols)
-    rate = float64_matmul_rate()
+    rate = matmul_rate(1024, 5, dtype=torch.float64)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(pts):,} points ({args.layout}, "
           f"{args.rows} x {args.cols}); L = {args.degrees}; float64 matmul rate {rate:.0f} GFLOP/s")
     print("| width | dense pts/s | factorised pts/s | speed-up | max rel diff | dense layer 1 of f64 mm | "

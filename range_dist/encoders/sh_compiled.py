@@ -440,7 +440,7 @@ class VectorisedProgram:
         result = _empty_result(n, len(self.program.outputs), device)
         if block is None:
             # ~400k table entries per block: cache-sized on CPU at L = 40, fewer calls for small L
-            block = max(256, 409600 // len(self.program.outputs) // 64 * 64) if device.type == "cpu" else chunk
+            block = self._cpu_block() if device.type == "cpu" else chunk
         tables = self._tables(device, "full")
         buffers: dict[str, torch.Tensor] = {}
         for start in range(0, n, chunk):
@@ -563,8 +563,7 @@ class VectorisedProgram:
             return None
         lon_keys, lon_index = torch.unique(phi.view(torch.int64), return_inverse=True)
         device = theta.device
-        block = max(256, 409600 // len(self.program.outputs) // 64 * 64)
-        leaves, lat_part = self._latitude_prefix(keys.view(torch.float64), block)
+        leaves, lat_part = self._latitude_prefix(keys.view(torch.float64), self._cpu_block())
         lat_table = torch.cat([torch.ones_like(leaves[:1]), leaves])  # column c at row c
         lon_table = self._longitude_table(lon_keys.view(torch.float64))
         lat_steps, signatures, group = self._factor_plan()
@@ -599,6 +598,10 @@ class VectorisedProgram:
             group = np.array([column[tuple(f)] for f in lon_factors], dtype=np.int64)
             self._factor_cache = (lat_steps, signatures, group)
         return self._factor_cache
+
+    def _cpu_block(self) -> int:
+        """Points per block of the sum and product phases on CPU: ~400k table entries, cache-sized at L = 40."""
+        return max(256, 409600 // len(self.program.outputs) // 64 * 64)
 
     def _latitude_prefix(self, distinct: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Theta-only leaves (leaves, A') and product prefixes (A', outputs) of distinct latitudes, padded to A'
