@@ -211,6 +211,33 @@ def test_sketched_checks_decide_as_full_checks(location_encoder: SatCLIPLocation
     assert decided == {"in full", "on the sketch"}
 
 
+def test_a_clearly_failing_check_point_leaves_the_others_to_their_full_error(
+        location_encoder: SatCLIPLocationEncoder) -> None:
+    """Each check point fails on its own error: one far above the budget does not fail the points whose
+    sketched error was merely close to it (those are evaluated in full, and pass when within it)."""
+    db, points = DATABASES["random"], POINT_SETS["antimeridian_tile"]
+    fast = RangeEncoder(location_encoder, db, mode="fast", tolerance=TOLERANCE)
+    fast.use_plan(replace(fast.plan_fast(points, BETAS), costs={}), BETAS)
+    retriever = fast.fast
+    assert retriever is not None and retriever.sketch is not None
+    settings = fast.settings(BETAS)
+    check_lonlat = points[:4]
+    q, x = fast.query_features(check_lonlat)
+    (exact,) = retrieve_averages(retriever.db, ("sem",), q, x, settings)
+    budget = 1e-3
+    # errors of 0.8, 3, 0.9 and 1.2 budgets in full: the sketch puts 0.8, 0.9 and 1.2 between budget / 2 and
+    # 2 budgets (undecided), 3 above (clearly failing)
+    scales = torch.tensor([0.8, 3.0, 0.9, 1.2], dtype=exact.dtype)[:, None] * budget
+    offset = torch.nn.functional.normalize(torch.randn(exact.shape, generator=torch.Generator().manual_seed(0)), dim=1)
+    approx = exact + scales * offset
+    weights, norms = torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    before = retriever.stats.rechecked_points
+    errors, failing = retriever._check_errors("sem", (check_lonlat, approx), settings, weights, norms, budget)
+    assert failing.tolist() == [False, True, False, True]
+    assert retriever.stats.rechecked_points - before == 3
+    torch.testing.assert_close(errors[[0, 2, 3]].float(), scales[[0, 2, 3], 0], rtol=1e-3, atol=0.0)
+
+
 @pytest.mark.parametrize("db_name", sorted(DATABASES))
 @pytest.mark.parametrize("points_name", sorted(POINT_SETS))
 def test_fast_mode_within_tolerance_of_exact(location_encoder: SatCLIPLocationEncoder, db_name: str,

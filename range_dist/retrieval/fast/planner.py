@@ -16,9 +16,9 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
    per-call check of :class:`~range_dist.retrieval.fast.retriever.FastRetriever` does) in
    :data:`PROBES` small patches of cells around the run's points: a few hundred exact evaluations
    per spacing instead of a stencil of 36 nodes per sample point (spacings predicted from
-   error ∝ h^TAPS, then checked; :data:`SCOUT_PROBES` of them first, since most spacings tried
-   fail and the scouts show it at a quarter of the cost). The probes need error norms only, so they
-   run on the error sketch of the values
+   error ∝ h^REFINE_ORDER, the order the heads converge at, then checked; :data:`SCOUT_PROBES` of them
+   first, since most spacings tried fail and the scouts show it at a quarter of the cost). The probes
+   need error norms only, so they run on the error sketch of the values
    (:class:`~range_dist.retrieval.fast.approximations.ErrorSketch`), at a third of the cost of the
    semantic head and a sixth of the spatial one.
 3. A final check of everything together on a second sample of the run's points (contiguous
@@ -518,9 +518,12 @@ def plan_fast(
                 failed = step
                 if workload is not None and _predicted(step, error, target) < 0.8 * ladder[-1]:
                     break  # even the error model's optimistic guess is finer than any lattice that pays
-                # the optimistic guess (no safety factor): a spacing that fails costs only its scouts, one that
-                # passes is final, while a cautious guess that passes is probed in full and then a coarser one too
-                step = next_spacing(ladder, step, error * margin, target, safety=1.0)
+                # the guess from the order the heads converge at (REFINE_ORDER, no safety factor): the kernel's
+                # TAPS guessed too coarse from the coarse end of the ladder, and each step it fell short cost a
+                # round of scouts (the semantic head went 4 -> 1.5 -> 1.2 -> 1.0° on the L = 40 benchmark at 0.25°
+                # and 0.1°, 4 -> 1.0° with REFINE_ORDER); a guess too fine that passes is followed by the coarser
+                # spacings that its error predicts to fit (above)
+                step = next_spacing(ladder, step, error * margin, target, order=REFINE_ORDER, safety=1.0)
 
         if basis is None and not spacing and workload is not None and any(
                 len(ladders[h]) < len(SPACING_LADDER[h]) for h in settings.heads):
