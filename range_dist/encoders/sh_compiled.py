@@ -519,7 +519,7 @@ class VectorisedProgram:
         """
         device = distinct_phi.device
         lon_table = self._longitude_table(distinct_phi)
-        lat_table = torch.cat([torch.ones_like(lat_leaves[:1]), lat_leaves])  # column c at row c
+        lat_table = _value_rows(lat_leaves)
         full = len(self.program.outputs)
         steps: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
         for parts in self._lon_steps or ():
@@ -564,7 +564,7 @@ class VectorisedProgram:
         lon_keys, lon_index = torch.unique(phi.view(torch.int64), return_inverse=True)
         device = theta.device
         leaves, lat_part = self._latitude_prefix(keys.view(torch.float64), self._cpu_block())
-        lat_table = torch.cat([torch.ones_like(leaves[:1]), leaves])  # column c at row c
+        lat_table = _value_rows(leaves)
         lon_table = self._longitude_table(lon_keys.view(torch.float64))
         lat_steps, signatures, group = self._factor_plan()
         for sub, cols in lat_steps:  # each per-point step's latitude factors, into the latitude part
@@ -695,6 +695,11 @@ class _Tables:
     group_coefs: list[list[torch.Tensor]]  # per group, per step: float64 (count, 1)
     product_cols: list[torch.Tensor]  # per product step: int64 (outputs,)
     c0: torch.Tensor  # float64 (outputs, 1)
+
+
+def _value_rows(leaves: torch.Tensor) -> torch.Tensor:
+    """(1 + leaves, n) value-table rows of (leaves, n) leaf values: row 0 = 1.0, value-table column c at row c."""
+    return torch.cat([torch.ones_like(leaves[:1]), leaves])
 
 
 def _padded(distinct: torch.Tensor) -> torch.Tensor:
