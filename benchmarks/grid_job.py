@@ -21,12 +21,16 @@ fast at ``--tolerance``:
 * for the 0.25° cases, the fast cube's largest relative error against the exact one on all cells
   and β, from float32 outputs of the same runs (the cubes are float16), against the tolerance;
 * peak RSS, and the resident cost of an encoder over the database in value copies;
-* a global 0.1° land-only cube extrapolated from each measured 0.1° case.
+* a global 0.1° land-only cube extrapolated from each measured 0.1° case;
+* with ``--commands``: the cases as the commands users type instead, ``range-dist embed-grid`` in a fresh
+  process with the local executor and with Ray (the default: a local Ray instance, a payload holder and
+  one actor), exact and fast, wall time of the whole command and the Ray start-up the run report gives.
 
 Usage:
     python benchmarks/grid_job.py --quick           # a few minutes: 20k rows, small regions
     python benchmarks/grid_job.py                   # the full table (100k rows; ~30 min on 2 cores)
     python benchmarks/grid_job.py --only 3 --repeat 5   # one case, median of 5 alternating runs per mode
+    python benchmarks/grid_job.py --only 1 --commands   # the CLI as users run it, local executor and Ray
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import argparse
 import gc
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -340,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per mode and case, alternating the modes; the run of median wall is reported "
                              "(a shared machine's fixed costs vary by a second or more between runs)")
+    parser.add_argument("--commands", action="store_true",
+                        help="run the cases as `range-dist embed-grid` commands (fresh processes), with the local "
+                             "executor and with Ray, instead of the in-process stage tables")
     args = parser.parse_args(argv)
     # as `range-dist` does first (NUMPY_MADVISE_HUGEPAGE=1 keeps numpy's huge pages, for an A/B)
     no_huge_pages = numpy_without_huge_pages()
@@ -363,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.only:
         selected = [selected[int(i) - 1] for i in args.only.split(",")]
     modes = args.modes.split(",")
+    if args.commands:
+        run_commands(selected, modes, work, args.capacity, args.tolerance, args.repeat)
+        return
     summary = ["| case | rows | cells | exact pts/s | exact wall s | fast pts/s | fast wall s | fast / exact | "
                "fast error (all cells) | fast plan | other CPU |", "|---" * 11 + "|"]
     tables: list[str] = []
@@ -421,6 +432,57 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n".join(line))
     print("\n" + encoder_memory(ensure_assets(work, rows, args.capacity)))
     print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
+
+
+def command_run(case: Case, mode: str, executor: str, assets: AssetPaths, work: Path,
+                tolerance: float) -> tuple[float, float | None]:
+    """(wall seconds, Ray start-up seconds from the run report or None) of one ``range-dist embed-grid``
+    command in a fresh interpreter, as a user types it (``--overwrite``: the earlier cube is replaced)."""
+    out = work / f"command-{executor}-{mode}.zarr"
+    argv = [sys.executable, "-m", "range_dist.cli.main", "embed-grid", "--resolution", f"{case.resolution:g}",
+            "--land-only", "--betas", ",".join(f"{b:g}" for b in BETAS), "--satclip", str(assets.checkpoint),
+            "--db", str(assets.database), "--out", str(out), "--dtype", "float16", "--tile-size",
+            str(case.tile_size), "--executor", executor, "--mode", mode, "--sample-assets", "--overwrite"]
+    if case.bbox is not None:
+        argv += ["--bbox", ",".join(f"{x:g}" for x in case.bbox)]
+    if mode == "fast":
+        argv += ["--tolerance", f"{tolerance:g}"]
+    shutil.rmtree(out, ignore_errors=True)  # no resume and no saved fast plan: a fresh run each time
+    Path(f"{out}.fastplan.npz").unlink(missing_ok=True)
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed (rc {done.returncode}):\n{done.stderr[-2000:]}")
+    found = re.search(r"\(([0-9.]+) s start-up\)", done.stdout + done.stderr)
+    return wall, (float(found.group(1)) if found and executor == "ray" else None)
+
+
+def run_commands(selected: Sequence[Case], modes: Sequence[str], work: Path, capacity: int, tolerance: float,
+                 repeat: int) -> None:
+    """The cases as ``range-dist embed-grid`` commands, local executor and Ray, each mode ``repeat`` times
+    (alternating; the median wall is reported)."""
+    lines = ["| case | executor | " + " | ".join(f"{m} wall s" for m in modes)
+             + (" | fast / exact" if {"exact", "fast"} <= set(modes) else "") + " | Ray start-up s |",
+             "|---" * (3 + len(modes) + ({"exact", "fast"} <= set(modes))) + "|"]
+    for case in selected:
+        assets = ensure_assets(work, case.rows, capacity)
+        for executor in ("local", "ray"):
+            walls: dict[str, list[float]] = {m: [] for m in modes}
+            starts: list[float] = []
+            for _ in range(repeat):
+                for mode in modes:
+                    wall, ray_start = command_run(case, mode, executor, assets, work, tolerance)
+                    walls[mode].append(wall)
+                    starts += [] if ray_start is None else [ray_start]
+                    print(f"    {case.name}, {executor}, {mode}: {wall:.1f} s"
+                          + ("" if ray_start is None else f" (Ray start-up {ray_start:.1f} s)"), flush=True)
+            median = {m: sorted(w)[len(w) // 2] for m, w in walls.items()}
+            ratio = (f" | {median['exact'] / median['fast']:.2f}×" if {"exact", "fast"} <= set(modes) else "")
+            lines.append(f"| {case.name} | {executor} | " + " | ".join(f"{median[m]:.1f}" for m in modes) + ratio
+                         + f" | {', '.join(f'{s:.1f}' for s in starts) or '-'} |")
+    print("\n=== the commands as users type them (wall of the whole command, fresh interpreter) ===")
+    print("\n".join(lines))
 
 
 def describe_fast(attr: dict[str, Any]) -> str:

@@ -369,10 +369,14 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
         # holder stays on the driver's node: losing any other node must not lose the payload's owner.
         holder_name = f"range-dist-payload-{uuid.uuid4().hex[:12]}"
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        payload_ref = ray.put(plan.payload)
         holder = PayloadHolder.options(name=holder_name, scheduling_strategy=here).remote(  # type: ignore[attr-defined]
-            [ray.put(plan.payload)])
-        ray.get(holder.payload.remote())  # the holder has its copy: the driver's reference can go
+            [payload_ref])
+        # the workers start while the holder does (each is a new process importing torch: ~3 s apiece on
+        # the benchmark machine, one after the other before); a worker's first call waits for the holder's copy
         replicas = [_Replica(plan, holder_name, gpus, cpus, device) for _ in range(replicas_n)]
+        ray.get(holder.payload.remote())  # the holder has its copy: the driver's reference can go
+        del payload_ref
         for replica in replicas:
             replica.info = ray.get(replica.pending)
             replica.pending, replica.state = [], "live"
