@@ -41,6 +41,8 @@ last, so a removal cut short is still recognised as a range-dist store and finis
 
 from __future__ import annotations
 
+import base64
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -158,47 +160,79 @@ def _var_shape(layout: CubeLayout, var: Variable) -> tuple[tuple[int, ...], tupl
     return shape, shard, chunk
 
 
-def _template(layout: CubeLayout, attrs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The cube as a lazy xarray Dataset (metadata only is written) and its Zarr encodings."""
-    import dask.array as da
-    import rioxarray  # noqa: F401 - registers the .rio accessor
-    import xarray as xr
+#: The CRS of every cube (cell centres in degrees of WGS 84).
+CRS_CODE = "EPSG:4326"
+#: Where each stored variable's CRS is described (rioxarray's and CF's ``grid_mapping`` variable).
+GRID_MAPPING = "spatial_ref"
+
+
+def crs_attrs() -> dict[str, Any]:
+    """The ``spatial_ref`` variable's attributes, as ``rioxarray``'s ``write_crs`` makes them: pyproj's CF
+    grid-mapping record, with GDAL's WKT (rasterio's) as ``crs_wkt`` and ``spatial_ref``."""
+    import pyproj
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(CRS_CODE)
+    attrs: dict[str, Any] = pyproj.CRS.from_user_input(crs).to_cf()
+    wkt = crs.to_wkt()
+    attrs["spatial_ref"] = wkt  # for GDAL
+    attrs["crs_wkt"] = wkt
+    return attrs
+
+
+def _cf_fill(value: float) -> str:
+    """A float ``_FillValue`` attribute as xarray writes it to Zarr v3: the float64's bytes, base64
+    (``xarray.backends.zarr.FillValueCoder``), whatever the array's float dtype."""
+    return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
+
+
+def _write_template(group: Any, layout: CubeLayout, feature_layout: str) -> None:
+    """The cube's arrays into an empty Zarr v3 ``group``: coordinates with their values, the CRS variable, and
+    each stored variable's metadata (no chunk: tiles write their shards). ``feature_layout`` describes the
+    ``feature`` coordinate (the root's ``geoemb:feature_layout``).
+
+    This is the metadata ``xarray.Dataset.to_zarr(compute=False)`` writes for the cube's Dataset (dask
+    arrays of the fill value, ``rio.write_crs``; ``tests/test_cube_template.py`` checks every document
+    against it). Written with zarr directly because xarray writes metadata only for dask-backed
+    variables (pydata/xarray#8343): importing xarray, dask and rioxarray cost every run ~0.7 s before.
+    """
     from zarr.codecs import BloscCodec
 
-    grid = layout.grid
-    enc = layout.encoding
-    coords: dict[str, Any] = {"lat": ("lat", grid.lat), "lon": ("lon", grid.lon)}
+    grid, enc = layout.grid, layout.encoding
+    nan = _cf_fill(np.nan)
+
+    def coordinate(name: str, values: npt.NDArray[Any], attrs: dict[str, Any]) -> None:
+        fill = {"_FillValue": nan} if values.dtype.kind == "f" else {}
+        group.create_array(name, data=values, chunks=values.shape, fill_value=np.nan if fill else None,
+                           attributes={**attrs, **fill}, dimension_names=(name,))
+
+    coordinate("lat", np.asarray(grid.lat, dtype=np.float64),
+               {"standard_name": "latitude", "long_name": "latitude of cell centre", "units": "degrees_north",
+                "axis": "Y"})
+    coordinate("lon", np.asarray(grid.lon, dtype=np.float64),
+               {"standard_name": "longitude", "long_name": "longitude of cell centre", "units": "degrees_east",
+                "axis": "X"})
     if enc.layout == "beta":
-        coords["beta"] = ("beta", np.asarray(layout.betas, dtype=np.float64))
-        coords["feature"] = ("feature", np.arange(layout.feature_dim, dtype=np.int32))
-    data_vars: dict[str, Any] = {}
-    encoding: dict[str, Any] = {}
+        coordinate("beta", np.asarray(layout.betas, dtype=np.float64),
+                   {"long_name": "RANGE+ beta: weight of the semantic head (0 = spatial, 1 = semantic)",
+                    "units": "1"})
+        coordinate("feature", np.arange(layout.feature_dim, dtype=np.int32),
+                   {"long_name": "embedding feature index",
+                    "description": feature_layout})
+    # a scalar equal to its fill value: metadata only, as xarray writes it
+    group.create_array(GRID_MAPPING, shape=(), dtype="int64", fill_value=0, attributes=crs_attrs())
     for var in enc.variables():
         shape, shard, chunk = _var_shape(layout, var)
-        data = da.full(shape, var.fill, dtype=var.dtype, chunks=shard)
-        data_vars[var.name] = (var.dims, data, var.attrs)
-        encoding[var.name] = {
-            "chunks": chunk,
-            "shards": shard,
-            "grid_mapping": "spatial_ref",  # keep rioxarray's CRS link (encoding replaces attrs)
-            # Embeddings barely compress (~1.1×); bit-shuffled LZ4 gets that at ~1.4× zstd's speed.
-            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),),
+        floating = np.dtype(var.dtype).kind == "f"
+        group.create_array(
+            var.name, shape=shape, dtype=var.dtype, chunks=chunk, shards=shard,
             # int8 codes: no CF fill value, or a reader would mask the code 0 (the scale says "not embedded")
-            "_FillValue": var.fill if var.dtype != "int8" else None,
-        }
-    ds = xr.Dataset(data_vars, coords=coords)
-    ds["lat"].attrs.update(standard_name="latitude", long_name="latitude of cell centre", units="degrees_north",
-                           axis="Y")
-    ds["lon"].attrs.update(standard_name="longitude", long_name="longitude of cell centre", units="degrees_east",
-                           axis="X")
-    if "beta" in ds.coords:
-        ds["beta"].attrs.update(long_name="RANGE+ beta: weight of the semantic head (0 = spatial, 1 = semantic)",
-                                units="1")
-        ds["feature"].attrs.update(long_name="embedding feature index",
-                                   description=attrs.get("geoemb:feature_layout", ""))
-    ds = ds.rio.write_crs("EPSG:4326").rio.set_spatial_dims(x_dim="lon", y_dim="lat")
-    ds.attrs.update(attrs)
-    return ds, encoding
+            fill_value=var.fill if floating else None,
+            # Embeddings barely compress (~1.1×); bit-shuffled LZ4 gets that at ~1.4× zstd's speed.
+            compressors=(BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),),
+            attributes={**var.attrs, "grid_mapping": GRID_MAPPING, **({"_FillValue": _cf_fill(var.fill)}
+                                                                       if floating else {})},
+            dimension_names=var.dims)
 
 
 def _signature_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -283,14 +317,13 @@ def open_or_create_cube(
     if state.action == "replace":  # validated above: a range-dist cube (never anything else)
         path.remove_tree(last="zarr.json")
     signature = to_jsonable(signature)
-    ds, encoding = _template(layout, {**to_jsonable(attrs), **layout.encoding.to_attrs(), SIGNATURE_KEY: signature})
+    root_attrs = {**to_jsonable(attrs), **layout.encoding.to_attrs(), SIGNATURE_KEY: signature}
     with path.errors("creating the cube", writing=True), warnings.catch_warnings():
         # an object store may list the "folders" of a just-removed store for a moment (SeaweedFS): zarr
         # warns that they are no Zarr nodes, and mode="w" clears them anyway
         warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
-        ds.to_zarr(_zarr(path, read_only=False), compute=False, zarr_format=3, consolidated=False,
-                   encoding=encoding, mode="w")
-        group = zarr.open_group(_zarr(path, read_only=False), mode="r+")
+        group = zarr.open_group(_zarr(path, read_only=False), mode="w", zarr_format=3, attributes=root_attrs)
+        _write_template(group, layout, str(root_attrs.get("geoemb:feature_layout", "")))
     rows, cols = layout.tiles_shape
     try:
         # per-tile integrity, written before the tile's status (range_dist.cube.integrity checks them)
