@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rioxarray  # noqa: F401 - registers the .rio accessor (a run no longer imports it)
 import xarray as xr
 
 from range_dist import RangeEncoder, RetrievalDatabase, load_satclip_location_encoder

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rioxarray  # noqa: F401 - registers the .rio accessor (a run no longer imports it)
 import xarray as xr
 import zarr
 

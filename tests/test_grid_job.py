@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import rioxarray  # noqa: F401 - registers the .rio accessor (a run no longer imports it)
 import xarray as xr
 import zarr
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import rioxarray  # noqa: F401 - registers the .rio accessor (a run no longer imports it)
 import xarray as xr
 import yaml
 

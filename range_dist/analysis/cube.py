@@ -97,6 +97,7 @@ def _analysis_chunks(path: StoreLocation, group: str | None, encoding: CubeEncod
 def _open_zarr(path: StoreLocation, chunks: dict[str, int] | None, group: str | None = None) -> xr.Dataset:
     import warnings
 
+    import rioxarray  # noqa: F401 - registers the .rio accessor: the opened cube's ``ds.rio.crs``
     import xarray as xr
 
     # an object store: the URL and storage options, exactly as a user would call xr.open_zarr
