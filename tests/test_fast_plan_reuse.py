@@ -19,7 +19,7 @@ from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.jobs.grid.run import fast_plan_path
 from range_dist.retrieval.fast.approximations import fit_value_basis
 from range_dist.retrieval.fast.plan import FastPlan, Workload, load_plan, save_plan
-from range_dist.retrieval.fast.planner import plan_fast
+from range_dist.retrieval.fast.planner import PLAN_BUDGET_SHARE, plan_fast
 
 BETAS = (0.0, 0.5, 1.0)
 
@@ -79,7 +79,8 @@ def test_a_run_too_small_to_pay_for_planning_falls_back_and_says_why(
     plan = plan_fast(encoder.retrieval_context(), points, BETAS, 1e-3, workload=Workload(len(points), points))
     assert plan.fallback is not None and "too small for the fast mode to pay" in plan.fallback
     assert plan.describe()["mode"] == "exact" and plan.describe()["reason"] == plan.fallback
-    assert plan.estimate["planning"] > plan.estimate["exact"] * 0.15
+    assert plan.estimate["planning"] > PLAN_BUDGET_SHARE * plan.estimate["gain"]
+    assert 0 < plan.estimate["gain"] < plan.estimate["exact"]
 
 
 def test_a_large_dense_run_is_planned_with_its_estimate(location_encoder: SatCLIPLocationEncoder,
