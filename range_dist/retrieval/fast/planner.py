@@ -652,7 +652,9 @@ def best_case_seconds(workload: Workload, heads: Sequence[str], ladders: dict[st
     total = feature_seconds(n, costs)
     for head in heads:
         # the same FLOP model as a check on the sketch: scores, exponential and the values product at width r
-        head_cost = head_seconds[head] * check_share(head, key_dim, value_dim, RANK_LADDER[0])
+        # (no basis is tried for values narrower than twice the smallest rank: choose_rank)
+        rank_share = check_share(head, key_dim, value_dim, RANK_LADDER[0]) if 2 * RANK_LADDER[0] <= value_dim else 1.0
+        head_cost = head_seconds[head] * rank_share
         per_head = n * head_cost
         if ladders[head]:
             per_head = min(per_head, lattice_cost(workload, ladders[head][0], costs, head_cost,
