@@ -647,6 +647,9 @@ def best_case_seconds(workload: Workload, heads: Sequence[str], ladders: dict[st
         check_shares: per head, a sketched check point's cost relative to a direct evaluation.
         key_dim: K, the keys' width.
         value_dim: D, the values' width.
+
+    Returns:
+        Seconds for all the run's calls (``workload.calls`` of them).
     """
     n = len(workload.call)
     total = feature_seconds(n, costs)
