@@ -40,6 +40,7 @@ import gc
 import importlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -484,6 +485,9 @@ def run_commands(selected: Sequence[Case], modes: Sequence[str], work: Path, cap
                          + f" | {', '.join(f'{s:.1f}' for s in starts) or '-'} |")
     print("\n=== the commands as users type them (wall of the whole command, fresh interpreter) ===")
     print("\n".join(lines))
+    # the commands are this process's children (Ray's workers are not: their memory is not in it)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    print(f"peak RSS of the largest command process: {peak:,.0f} MiB")
 
 
 def describe_fast(attr: dict[str, Any]) -> str:
