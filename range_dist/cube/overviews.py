@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from range_dist.cube.encoding import CubeEncoding
 from range_dist.cube.store import (
+    CRS_CODE,
     SIGNATURE_KEY,
     TILE_COMPUTED,
     TILE_MISSING,
@@ -281,7 +282,7 @@ def _level_attrs(root_attrs: dict[str, Any], spec: LevelSpec) -> dict[str, Any]:
                                      bbox=spec.bbox, registration="pixel")
     attrs = zarr_cm.spatial.insert(attrs, spatial, overwrite=True)
     if "proj:code" not in attrs:
-        attrs = zarr_cm.proj.insert(attrs, zarr_cm.proj.create(code="EPSG:4326"), overwrite=True)
+        attrs = zarr_cm.proj.insert(attrs, zarr_cm.proj.create(code=CRS_CODE), overwrite=True)
     source = "." if spec.level == 1 else f"{OVERVIEWS_GROUP}/{spec.level - 1}"
     attrs[OVERVIEW_KEY] = {"level": spec.level, "factor": 2**spec.level, "resolution": spec.resolution,
                            "derived_from": source, "resampling": RESAMPLING,

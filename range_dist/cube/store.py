@@ -69,6 +69,12 @@ SIGNATURE_DEFAULTS = {"layout": "beta", "quantize": "none"}
 KEY_DIM = 256
 
 
+#: The CRS of every cube (cell centres in degrees of WGS 84).
+CRS_CODE = "EPSG:4326"
+#: Where each stored variable's CRS is described (rioxarray's and CF's ``grid_mapping`` variable).
+GRID_MAPPING = "spatial_ref"
+
+
 def affine_transform(grid: GridSpec) -> list[float]:
     """The cell-edge affine ``[a, b, c, d, e, f]`` of the spatial convention (pixel registration).
 
@@ -94,7 +100,7 @@ def geozarr_attrs(grid: GridSpec) -> dict[str, Any]:
         "spatial": spatial.create(dimensions=["lat", "lon"], bbox=[west, south, east, north],
                                   transform_type="affine", transform=affine_transform(grid),
                                   shape=[int(n) for n in grid.shape], registration="pixel"),
-        "proj": proj.create(code="EPSG:4326"),
+        "proj": proj.create(code=CRS_CODE),
     }
     return dict(zarr_cm.create_many(data))  # type: ignore[arg-type]
 
@@ -158,12 +164,6 @@ def _var_shape(layout: CubeLayout, var: Variable) -> tuple[tuple[int, ...], tupl
     side = (c, c) if (t <= n_lat and t <= n_lon) else (shard[len(lead)], shard[len(lead) + 1])
     chunk = (*(1,) * len(lead), *side, *var.trailing)
     return shape, shard, chunk
-
-
-#: The CRS of every cube (cell centres in degrees of WGS 84).
-CRS_CODE = "EPSG:4326"
-#: Where each stored variable's CRS is described (rioxarray's and CF's ``grid_mapping`` variable).
-GRID_MAPPING = "spatial_ref"
 
 
 def crs_attrs() -> dict[str, Any]:
