@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -41,6 +42,35 @@ def test_npz_zarr_npz_round_trip(tmp_path: Path, sample_db: RetrievalDatabase) -
     with np.load(tmp_path / "b.npz") as npz:
         np.testing.assert_array_equal(npz["satclip_embeddings"], sample_db.keys)
         assert npz["locs"].dtype == np.float64
+
+
+def _content_sha256(db: RetrievalDatabase) -> str:
+    """The fingerprint's definition, computed here on whole contiguous copies."""
+    digest = hashlib.sha256()
+    for arr in (db.locations, db.keys, db.values):
+        digest.update(str(arr.shape).encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("values_dtype", [np.float32, np.float64, ">f4"])
+def test_fingerprint_hashed_while_read(tmp_path: Path, values_dtype: str) -> None:
+    """An opened database's fingerprint, hashed beside the read, is the rows' SHA-256 (.npz in any value
+    dtype, and the Zarr form); its rows are read-only, and a database whose values were replaced is
+    hashed again."""
+    rng = np.random.default_rng(1)
+    path = _npz(tmp_path / "db.npz", m=3000, locs=np.stack([rng.uniform(-180, 180, 3000),
+                                                             rng.uniform(-90, 90, 3000)], axis=1).astype(np.float32),
+                image_embeddings=rng.normal(size=(3000, 1024)).astype(values_dtype))
+    db = RetrievalDatabase.open(path)
+    assert "_fingerprint" in db.__dict__  # computed while reading, not afterwards
+    assert db.fingerprint() == _content_sha256(db)
+    assert not any(a.flags.writeable for a in (db.locations, db.keys, db.values, db.values_with_ones))
+    db.to_zarr(tmp_path / "db.zarr")
+    from_zarr = RetrievalDatabase.open(tmp_path / "db.zarr")
+    assert "_fingerprint" in from_zarr.__dict__ and from_zarr.fingerprint() == db.fingerprint()
+    db.values = db.values * 2.0
+    assert db.fingerprint() == _content_sha256(db) != from_zarr.fingerprint()
 
 
 def test_zarr_database_opens_with_xarray(tmp_path: Path, sample_db: RetrievalDatabase) -> None:

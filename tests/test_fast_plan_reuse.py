@@ -53,6 +53,38 @@ def test_pickled_database_carries_one_buffer(random_db: RetrievalDatabase) -> No
     np.testing.assert_array_equal(back.values, random_db.values)
 
 
+def test_encoders_over_an_opened_database_share_its_rows_sketches_and_coefficients(
+        tmp_path: Path, location_encoder: SatCLIPLocationEncoder, random_db: RetrievalDatabase) -> None:
+    """A grid run's planner and its tiles (one process) make the engine's rows, the error sketch and a
+    plan's PCA coefficients once; a database built in memory (arrays that may change) gets new ones."""
+    random_db.to_npz(tmp_path / "db.npz")
+    opened = RetrievalDatabase.open(tmp_path / "db.npz")
+    first, second = RangeEncoder(location_encoder, opened), RangeEncoder(location_encoder, opened)
+    assert first.db is second.db
+    for basis in (None, fit_value_basis(opened.values).truncated(300)):  # a basis wide enough for a sketch
+        plan = FastPlan(1e-3, basis, {"geo": 5.0})
+        first.use_plan(plan, BETAS)
+        second.use_plan(plan, BETAS)
+        assert first.fast is not None and second.fast is not None
+        assert first.fast.db is second.fast.db and first.fast.sketch_db is second.fast.sketch_db
+        assert first.fast.sketch_db is not first.fast.db  # 1024 and 300 columns are sketched
+        sketch = first.fast.sketch
+        assert sketch is not None
+        rows = first.fast.db.values_aug[:, :-1].double().numpy()
+        np.testing.assert_allclose(first.fast.sketch_db.values_aug[:, :-1].double().numpy(),
+                                   rows @ sketch.matrix.astype(np.float64), rtol=1e-4, atol=1e-3)
+        if basis is not None:  # the coefficients of this basis, not of another one kept before
+            expected = (opened.values.astype(np.float64) - basis.mean) @ basis.components.astype(np.float64)
+            np.testing.assert_allclose(rows, expected, rtol=1e-4, atol=1e-3)
+    opened.drop_kept()  # a Ray driver: the workers make their own
+    assert RangeEncoder(location_encoder, opened).db is not first.db
+    in_memory = RetrievalDatabase(random_db.locations, random_db.keys, np.array(random_db.values))
+    assert RangeEncoder(location_encoder, in_memory).db is not RangeEncoder(location_encoder, in_memory).db
+    back = pickle.loads(pickle.dumps(opened))  # Ray's object store: nothing kept travels
+    assert "_kept" not in back.__dict__ and "_fingerprint" not in back.__dict__
+    assert back.fingerprint() == opened.fingerprint()
+
+
 # ---------------------------------------------------------------- saved plans
 def test_a_saved_plan_loads_only_for_its_key(tmp_path: Path, random_db: RetrievalDatabase) -> None:
     basis = fit_value_basis(random_db.values).truncated(8)

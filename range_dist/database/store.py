@@ -41,7 +41,7 @@ import shutil
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 from range_dist.errors import DatabaseError, RangeDistError
 from range_dist.util.downloads import fetch_input, is_remote, parse_remote
+from range_dist.util.hashing import BackgroundSha256
 from range_dist.util.jsonable import to_jsonable
 from range_dist.util.lease import holder_is_gone, read_holder
 from range_dist.util.paths import local_path
@@ -146,8 +147,9 @@ class RetrievalDatabase:
         return buffer
 
     def __getstate__(self) -> dict[str, Any]:
-        # pickle (Ray's object store) the one buffer, not a contiguous copy of the view
-        state = {k: v for k, v in self.__dict__.items() if k != "_buffer"}
+        # pickle (Ray's object store) the one buffer, not a contiguous copy of the view; the remembered
+        # fingerprint stays behind (the copy's arrays are other objects: it would not be used)
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_buffer", "_fingerprint", "_kept")}
         state["values"] = self.values_with_ones
         state["_values_with_ones"] = True
         return state
@@ -266,13 +268,59 @@ class RetrievalDatabase:
         return [self.select(slice(a, b)) for a, b in self.shard_bounds(shards)]
 
     def fingerprint(self) -> str:
-        """SHA-256 of the row content (locations, keys, values), independent of the file format."""
-        digest = hashlib.sha256()
-        for arr in (self.locations, self.keys, self.values):
-            digest.update(str(arr.shape).encode())
-            for start in range(0, len(arr), 8192):  # row blocks: the same bytes, no full contiguous copy
-                digest.update(np.ascontiguousarray(arr[start : start + 8192]).view(np.uint8).data)
-        return digest.hexdigest()
+        """SHA-256 of the row content (locations, keys, values), independent of the file format.
+
+        ``str(shape)`` and then the C-order bytes of each of ``locations`` (float64), ``keys`` and
+        ``values`` (float32). A database opened from a file had it computed while its rows were read
+        (:meth:`open`, beside the reading) and its arrays made read-only: that digest is returned as
+        long as these arrays are still the ones read.
+        """
+        remembered = self.__dict__.get("_fingerprint")
+        if remembered is not None and self._rows_as_read():
+            return str(remembered[0])
+        with BackgroundSha256() as hashing:  # the blocks' copies here, their hashing on the other core
+            for arr in (self.locations, self.keys, self.values):
+                hashing.update_array(arr)
+        return hashing.hexdigest()
+
+    def _rows_as_read(self) -> bool:
+        """Whether the rows are still the read-only arrays read from the file (see :meth:`fingerprint`)."""
+        remembered = self.__dict__.get("_fingerprint")
+        if remembered is None:
+            return False
+        current = (self.locations, self.keys, self.values_with_ones)
+        return all(a is b and not a.flags.writeable for a, b in zip(remembered[1], current))
+
+    def kept(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()``, kept with these rows by ``key`` while they are the read-only rows read from the file.
+
+        What is made from the rows alone (the retrieval engine's device rows, for one) is then made
+        once per process, not by each encoder; a database built in memory, whose arrays may change,
+        gets ``make()`` every time. Nothing kept is pickled (Ray's object store).
+        """
+        if not self._rows_as_read():
+            self.__dict__.pop("_kept", None)  # made from rows that are no longer these
+            return make()
+        kept: dict[Hashable, Any] = self.__dict__.setdefault("_kept", {})
+        if key not in kept:
+            kept[key] = make()
+        return kept[key]
+
+    def drop_kept(self) -> None:
+        """Free what :meth:`kept` holds (e.g. on a Ray driver, whose tiles are computed in other processes)."""
+        self.__dict__.pop("_kept", None)
+
+    def _remember_fingerprint(self, digest: BackgroundSha256, locations: npt.NDArray[Any], keys: npt.NDArray[Any],
+                              values: npt.NDArray[Any]) -> None:
+        """Keep the :meth:`fingerprint` of rows hashed as they were read (``digest`` was fed ``locations``,
+        ``keys`` and ``values`` as :meth:`fingerprint` feeds them) and make the rows read-only, so that it
+        stays their digest. Nothing is kept when construction converted or copied any of them."""
+        buffer: npt.NDArray[Any] | None = self.__dict__.get("_buffer")
+        if buffer is None or self.locations is not locations or self.keys is not keys or values.base is not buffer:
+            return
+        for arr in (self.locations, self.keys, buffer, self.values):
+            arr.flags.writeable = False
+        self.__dict__["_fingerprint"] = (digest.hexdigest(), (self.locations, self.keys, buffer))
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -334,15 +382,20 @@ class RetrievalDatabase:
     def _open_npz(cls, path: Path) -> RetrievalDatabase:
         _check_npz_head(path)
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            # the rows are hashed for fingerprint() in a thread while they are read (BackgroundSha256)
+            with np.load(path, allow_pickle=False) as npz, BackgroundSha256() as digest:
                 missing = [k for k in (NPZ_LOCATIONS, NPZ_KEYS, NPZ_VALUES) if k not in npz.files]
                 if missing:
                     raise DatabaseError(
                         f"{path}: missing array(s) {missing} (has {npz.files}); the published RANGE "
                         f"layout has {NPZ_LOCATIONS!r} (M, 2), {NPZ_KEYS!r} (M, 256), {NPZ_VALUES!r} (M, 1024)"
                     )
-                locs, keys = (_npz_numeric(path, npz, k) for k in (NPZ_LOCATIONS, NPZ_KEYS))
-                values = _npz_values_with_ones(path, npz, NPZ_VALUES)
+                # the dtypes the database holds (no conversion left for construction), hashed as such
+                locs = np.ascontiguousarray(_npz_numeric(path, npz, NPZ_LOCATIONS), dtype=np.float64)
+                keys = np.ascontiguousarray(_npz_numeric(path, npz, NPZ_KEYS), dtype=np.float32)
+                digest.update_array(locs)
+                digest.update_array(keys)
+                values, hashed = _npz_values_with_ones(path, npz, NPZ_VALUES, digest)
                 sample_note = str(npz[NPZ_SAMPLE_NOTE]) if NPZ_SAMPLE_NOTE in npz.files else None
         except DatabaseError:
             raise
@@ -359,7 +412,10 @@ class RetrievalDatabase:
         if sample_note is not None:
             attrs.update(key_model=sample_note, value_model=sample_note, sample=True,  # type: ignore[call-overload]
                          rows_made_by="synthetic rows (range-dist sample-assets)")
-        return cls(locs, keys, values, {"source_row": np.arange(len(locs), dtype=np.int64)}, attrs, source=str(path))
+        db = cls(locs, keys, values, {"source_row": np.arange(len(locs), dtype=np.int64)}, attrs, source=str(path))
+        if hashed:
+            db._remember_fingerprint(digest, locs, keys, values)
+        return db
 
     @classmethod
     def _open_zarr(cls, path: Path | StoreLocation) -> RetrievalDatabase:
@@ -397,11 +453,21 @@ class RetrievalDatabase:
         else:
             _check_chunks_present(store, group, meta, record)
         # Arrays longer than ``rows`` hold an interrupted build's uncommitted rows: never read.
-        arrays = {name: _read_rows(path, group, name, rows, meta) for name in names[:2]}
-        arrays["values"] = _read_values_with_ones(path, group, rows, meta)
-        provenance = {c: np.asarray(_read_rows(path, group, c, rows, meta)) for c in columns}
+        with BackgroundSha256() as digest:  # the rows hashed for fingerprint() while they are read
+            locs, keys = (_read_rows(path, group, name, rows, meta) for name in names[:2])
+            hashed = locs.dtype.kind in "biuf" and keys.dtype.kind in "biuf"  # else construction names the dtype
+            if hashed:  # the dtypes the database holds (no conversion left for construction), hashed as such
+                locs = np.ascontiguousarray(locs, dtype=np.float64)
+                keys = np.ascontiguousarray(keys, dtype=np.float32)
+                digest.update_array(locs)
+                digest.update_array(keys)
+            values, values_hashed = _read_values_with_ones(path, group, rows, meta, digest if hashed else None)
+            provenance = {c: np.asarray(_read_rows(path, group, c, rows, meta)) for c in columns}
         attrs = {k: v for k, v in meta.items() if k not in STORE_META_KEYS}
-        return cls(arrays["locations"], arrays["keys"], arrays["values"], provenance, attrs, source=str(path))
+        db = cls(locs, keys, values, provenance, attrs, source=str(path))
+        if values_hashed:
+            db._remember_fingerprint(digest, locs, keys, values)
+        return db
 
     def to_zarr(self, path: str | Path | StoreLocation, overwrite: bool = False,
                 rows_per_chunk: int = 8192) -> Path | str:
@@ -504,8 +570,9 @@ def _ones_column_buffer(rows: int, width: int) -> npt.NDArray[np.float32]:
     return aug
 
 
-#: Value rows read per block when an .npz's values go straight into the ones-column buffer.
-_NPZ_READ_ROWS = 8192
+#: Value rows read per block when an .npz's values go straight into the ones-column buffer (~4 MiB at
+#: D = 1024: a block is still in cache when it is copied and hashed).
+_NPZ_READ_ROWS = 1024
 
 
 def _non_finite_rows(arr: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -543,8 +610,9 @@ def _zero_rows(keys: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     return bad
 
 
-def _npz_values_with_ones(path: Path, npz: Any, key: str) -> npt.NDArray[Any]:
-    """(M, D) values of an open .npz, read block by block into the left part of a ones-column buffer.
+def _npz_values_with_ones(path: Path, npz: Any, key: str, digest: BackgroundSha256) -> tuple[npt.NDArray[Any], bool]:
+    """(M, D) values of an open .npz, read block by block into the left part of a ones-column buffer,
+    and whether ``digest`` was fed them (as :meth:`RetrievalDatabase.fingerprint` hashes them: float32).
 
     ``np.load`` has no destination argument: reading the array and then copying it into the
     (M, D + 1) buffer the engine uses (:func:`_with_ones_column`) touched two fresh copies of the
@@ -556,26 +624,30 @@ def _npz_values_with_ones(path: Path, npz: Any, key: str) -> npt.NDArray[Any]:
         with npz.zip.open(f"{key}.npy") as fh:
             version = np.lib.format.read_magic(fh)
             if version not in ((1, 0), (2, 0)):  # 3.0 (UTF-8 header) and later: numpy's own reader
-                return _npz_numeric(path, npz, key)
+                return _npz_numeric(path, npz, key), False
             fmt = np.lib.format
             shape, fortran_order, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else
                                            fmt.read_array_header_2_0)(fh)
             if len(shape) != 2 or fortran_order or dtype.kind not in "biuf" or dtype.hasobject:
-                return _npz_numeric(path, npz, key)
+                return _npz_numeric(path, npz, key), False
             rows, width = shape
             aug = _ones_column_buffer(rows, width)
+            digest.update(str((rows, width)).encode())
+            as_read = dtype == np.dtype(np.float32)  # the file's bytes are the buffer's: hashed as read
             for start in range(0, rows, _NPZ_READ_ROWS):
                 count = min(_NPZ_READ_ROWS, rows - start)
                 data = fh.read(count * width * dtype.itemsize)
                 if len(data) != count * width * dtype.itemsize:
                     raise EOFError(f"array {key!r} ends after {start + len(data) // max(1, width * dtype.itemsize)} "
                                    f"of {rows} rows")
-                aug[start : start + count, :-1] = np.frombuffer(data, dtype=dtype).reshape(count, width)
+                block = aug[start : start + count, :-1]
+                block[...] = np.frombuffer(data, dtype=dtype).reshape(count, width)
+                digest.update(data if as_read else np.ascontiguousarray(block).view(np.uint8).data)
             if fh.read(1):
                 raise ValueError(f"array {key!r} holds more bytes than its header's shape {shape}")
     except KeyError:  # not stored as <key>.npy (checked present by name above): numpy's path
-        return _npz_numeric(path, npz, key)
-    return aug[:, :-1]
+        return _npz_numeric(path, npz, key), False
+    return aug[:, :-1], True
 
 
 def _dtype_words(dtype: np.dtype[Any]) -> str:
@@ -735,21 +807,28 @@ def _undecodable(path: Path | str, name: str, exc: BaseException, meta: Mapping[
                          f"damaged. {_fix_hint(path, meta)}")
 
 
-def _read_values_with_ones(path: Path | str, group: Any, rows: int, meta: Mapping[str, Any]) -> npt.NDArray[Any]:
+def _read_values_with_ones(path: Path | str, group: Any, rows: int, meta: Mapping[str, Any],
+                           digest: BackgroundSha256 | None) -> tuple[npt.NDArray[Any], bool]:
     """(rows, D) values read chunk by chunk into the left part of a ones-column buffer (as
-    :func:`_npz_values_with_ones`: one copy of the values in memory, not a read and then a copy)."""
+    :func:`_npz_values_with_ones`: one copy of the values in memory, not a read and then a copy),
+    and whether ``digest`` (when given) was fed them as :meth:`RetrievalDatabase.fingerprint` hashes them."""
     array = group["values"]
     if len(array.shape) != 2 or array.dtype.kind not in "biuf":
-        return _read_rows(path, group, "values", rows, meta)  # validation names what is wrong
+        return _read_rows(path, group, "values", rows, meta), False  # validation names what is wrong
     step = max(1, int(array.chunks[0]))
     aug = _ones_column_buffer(rows, int(array.shape[1]))
+    if digest is not None:
+        digest.update(str((rows, int(array.shape[1]))).encode())
     try:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            aug[start:stop, :-1] = array[start:stop]
+            chunk = np.ascontiguousarray(array[start:stop], dtype=np.float32)  # the decoded rows, as the buffer's
+            aug[start:stop, :-1] = chunk
+            if digest is not None:
+                digest.update(chunk.view(np.uint8).data)
     except READ_ERRORS as exc:
         raise _undecodable(path, "values", exc, meta) from exc
-    return aug[:, :-1]
+    return aug[:, :-1], digest is not None
 
 
 # ---------------------------------------------------------------------- the integrity record

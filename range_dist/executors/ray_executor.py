@@ -369,6 +369,9 @@ def run_tiles_on_ray(plan: GridPlan, tiles: Sequence[TileKey], on_result: Callab
         # holder stays on the driver's node: losing any other node must not lose the payload's owner.
         holder_name = f"range-dist-payload-{uuid.uuid4().hex[:12]}"
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # the planner's device rows and error sketches, kept with the database for a local run's tiles, are no
+        # use to workers in other processes: the driver does not hold them (150 MB at 100k rows) while they run
+        plan.payload.database.drop_kept()
         payload_ref = ray.put(plan.payload)
         holder = PayloadHolder.options(name=holder_name, scheduling_strategy=here).remote(  # type: ignore[attr-defined]
             [payload_ref])

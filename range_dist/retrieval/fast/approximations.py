@@ -27,6 +27,7 @@ sketch of a head's average is the average of the sketched rows: one retrieval wi
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -59,6 +60,11 @@ class ValueBasis:
     @property
     def rank(self) -> int:
         return int(self.components.shape[1])
+
+    @property
+    def key(self) -> str:
+        """SHA-256 of the mean and components: names the coefficients this basis makes (a cache key)."""
+        return _digest(self.mean, self.components)
 
     def truncated(self, rank: int) -> ValueBasis:
         """The leading ``rank`` directions."""
@@ -150,9 +156,23 @@ class ErrorSketch:
     def dim(self) -> int:
         return int(self.matrix.shape[1])
 
+    @property
+    def key(self) -> str:
+        """SHA-256 of the projection: names the sketched values it makes (a cache key)."""
+        return _digest(self.matrix)
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(…, r) sketch of (…, C) vectors, on their device and dtype."""
         return x @ torch.as_tensor(self.matrix, device=x.device, dtype=x.dtype)
+
+
+def _digest(*arrays: npt.NDArray[np.floating]) -> str:
+    """SHA-256 of the arrays' shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.shape}{array.dtype.str}".encode())
+        digest.update(np.ascontiguousarray(array).view(np.uint8).data)
+    return digest.hexdigest()
 
 
 def lagrange_weights(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

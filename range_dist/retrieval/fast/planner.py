@@ -6,6 +6,8 @@ mode on the run's own points and keeps the cheapest that fit the tolerance:
 1. The values' PCA rank: the truncation error of every rank comes out of one exact pass on the
    selection sample (the basis is orthonormal, so the error is the norm of the dropped
    coefficients of the weighted averages). The smallest rank within :data:`PCA_SHARE` of the tolerance.
+   With a cost model the gate's points (:data:`GATE_POINTS`) are tried first: where no rank fits
+   them, none fits the sample, and the rest of it is not computed.
    The basis is fitted on at most :data:`BASIS_FIT_ROWS` rows: its errors are measured, not assumed.
 2. Per head, the coarsest lattice spacing whose interpolation error is within the head's part of
    :data:`HEADS_SHARE` of the tolerance (``head_budgets``: the semantic head, probed first, gets
@@ -125,8 +127,11 @@ PROBE_MARGIN = 2.0
 FAST_MARGIN = 0.9
 #: Times the final check may make every lattice one ladder step finer before the plan is refused.
 FINAL_REFINEMENTS = 2
-#: Points of the exact retrieval timed before planning, to decide whether planning can pay.
-GATE_POINTS = 64
+#: Points of the exact retrieval timed before planning, to decide whether planning can pay; their per-point
+#: costs are the cost model's unless a PCA basis may fit (then the rest of the selection is computed too).
+#: 128: calls of 64 points read 25-45 % slower per point than calls of 128-256 (the values are streamed
+#: once per call and head), those of 128 within ~10 % (``benchmarks/grid_job.py``, 100k rows, L = 40).
+GATE_POINTS = 128
 #: Points of the warm-up call of SatCLIP before its cost is timed.
 COST_PROBE_POINTS = 16
 #: Points of the larger calls timed for the per-point costs of SatCLIP and of the interpolation.
@@ -391,7 +396,8 @@ def plan_fast(
         q_hat, xyz = _feature_costs(context, selection, costs)
         retrieve_averages(context.db, settings.heads, q_hat[:8], xyz[:8], settings)  # first-call allocations
         # the selection's exact heads, one head at a time and timed: the first GATE_POINTS decide whether
-        # planning can pay at all, the rest (or all, for a small sample) give the per-point costs
+        # planning can pay at all and give the per-point costs; the rest (or all, for a small sample) are
+        # computed only where a PCA basis may fit (below)
         gate = min(GATE_POINTS, len(selection) // 2) if workload is not None else 0
         first, seconds = _timed_heads(context.db, q_hat[:gate], xyz[:gate], settings) if gate else ([], {})
         if workload is not None:  # can this run pay for planning at all?
@@ -413,17 +419,30 @@ def plan_fast(
                     f"{workload.points:,} points, of which the fast mode could save ≈ {max(gain, 0.0):.1f} s at "
                     f"best; planning alone ≈ {planning:.1f} s (more than {PLAN_BUDGET_SHARE:.0%} of that)",
                     {"exact": exact_total, "planning": planning, "gain": gain})
-        rest, seconds = _timed_heads(context.db, q_hat[gate:], xyz[gate:], settings)
-        costs.head = dict(seconds)  # at the full value width, the exact mode's
-        costs.exact = sum(seconds.values())
-        exact_avg = torch.stack([torch.cat([f, r]) for f, r in zip(first, rest)] if first else rest)  # (H, n, D)
-        exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat, betas, context.variant)
-        costs.exact_blend = blend_s / len(selection)
-        norms = exact_emb.double().norm(dim=-1)  # (B, n)
-        min_norms = norms.amin(dim=1) * (1.0 - tolerance)  # (B,) as the per-call check
-
         full_basis = fit_value_basis(np.asarray(context.values)[basis_rows(len(context.values), seed)])
-        rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, norms.cpu(), PCA_SHARE * tolerance)
+        pca_target = PCA_SHARE * tolerance
+        rank: int | None = None
+        if first:
+            # a rank that fails on the gate's points fails on the whole selection (its error is the largest
+            # over the points): where none fits them, the rest of the selection is not computed exactly
+            # (0.5 s of a 3.5 s plan at 0.25° over 30°×30° with 100k rows, ``benchmarks/grid_job.py``)
+            exact_avg = torch.stack(first)  # (H, n, D)
+            exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat[:gate], betas,
+                                        context.variant)
+            rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, exact_emb.double().norm(dim=-1).cpu(),
+                                           pca_target)
+        if not first or rank is not None:
+            rest, seconds = _timed_heads(context.db, q_hat[gate:], xyz[gate:], settings)
+            exact_avg = torch.stack([torch.cat([f, r]) for f, r in zip(first, rest)] if first else rest)
+            exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat, betas,
+                                        context.variant)
+            rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, exact_emb.double().norm(dim=-1).cpu(),
+                                           pca_target)
+        costs.head = dict(seconds)  # at the full value width, the exact mode's (the gate's, or the rest's)
+        costs.exact = sum(seconds.values())
+        costs.exact_blend = blend_s / exact_avg.shape[1]
+        norms = exact_emb.double().norm(dim=-1)  # (B, n) of the points computed exactly
+        min_norms = norms.amin(dim=1) * (1.0 - tolerance)  # (B,) as the per-call check
         basis = None if rank is None else full_basis.truncated(rank)
         component_errors = {} if rank is None else {"pca": rank_error}
         plan = FastPlan(tolerance, basis)

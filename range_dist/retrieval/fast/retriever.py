@@ -206,30 +206,21 @@ class FastRetriever:
         # head -> finer spacing a per-call check moved to: later calls (neighbouring tiles) start there
         self._refined: dict[str, float] = {}
         db = context.db
-        if plan.basis is None:
-            self.db = db
-        else:
-            aug = torch.empty((db.rows, plan.basis.rank + 1), dtype=db.dtype, device=db.device)
-            for start in range(0, db.rows, 16384):  # row blocks: no (M, D) temporary of V - μ
-                aug[start : start + 16384, :-1] = plan.basis.coefficients(db.values_aug[start : start + 16384, :-1])
-            aug[:, -1] = 1.0
-            self.db = db.with_values(aug)
+        basis = plan.basis
+        # the coefficients and sketches are kept with the rows (DeviceDatabase.derived): the planner's
+        # retrievers and the run's encoder in one process make each once
+        self.db = db if basis is None else db.derived(("pca", basis.key), lambda: db.with_values(
+            _projected(db.values_aug, basis.rank, basis.coefficients)))
         self.sketch = ErrorSketch.for_width(int(self.db.values_aug.shape[1]) - 1)
-        self._sketch_db: DeviceDatabase | None = None
 
     @property
     def sketch_db(self) -> DeviceDatabase:
         """The rows with sketched values ``[V·R | 1]`` (M, r + 1) (the full values when there is no sketch)."""
-        if self.sketch is None:
-            return self.db
-        if self._sketch_db is None:
-            full = self.db.values_aug
-            aug = torch.empty((self.db.rows, self.sketch.dim + 1), dtype=full.dtype, device=full.device)
-            for start in range(0, self.db.rows, 16384):  # row blocks: bounded temporaries
-                aug[start : start + 16384, :-1] = self.sketch.project(full[start : start + 16384, :-1])
-            aug[:, -1] = 1.0
-            self._sketch_db = self.db.with_values(aug)
-        return self._sketch_db
+        sketch, db = self.sketch, self.db
+        if sketch is None:
+            return db
+        return db.derived(("sketch", sketch.key), lambda: db.with_values(
+            _projected(db.values_aug, sketch.dim, sketch.project)))
 
     def sketched(self, x: torch.Tensor) -> torch.Tensor:
         """(…, r) sketch of (…, C) head averages (themselves without a sketch)."""
@@ -514,6 +505,15 @@ class FastRetriever:
 
 #: What one exponential costs in matrix-product FLOPs (a rough rate for the count rule of ``check_share``).
 EXP_FLOPS = 32
+
+
+def _projected(values_aug: torch.Tensor, width: int, project: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(M, width + 1) ``[project(V) | 1]`` of (M, D + 1) ``[V | 1]``, in row blocks (no (M, D) temporary)."""
+    aug = torch.empty((values_aug.shape[0], width + 1), dtype=values_aug.dtype, device=values_aug.device)
+    for start in range(0, values_aug.shape[0], 16384):
+        aug[start : start + 16384, :-1] = project(values_aug[start : start + 16384, :-1])
+    aug[:, -1] = 1.0
+    return aug
 
 
 def check_share(head: str, key_dim: int, width: int, sketch_dim: int | None) -> float:
