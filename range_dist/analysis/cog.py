@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from range_dist.analysis.maps import sample_cells
+from range_dist.cube.store import CRS_CODE
 from range_dist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def export_cog(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.tif")
     profile = {"driver": "GTiff", "width": axes.n_lon, "height": axes.n_lat, "count": components,
-               "dtype": "float32", "crs": "EPSG:4326", "transform": transform, "nodata": np.nan, "tiled": True,
+               "dtype": "float32", "crs": CRS_CODE, "transform": transform, "nodata": np.nan, "tiled": True,
                "blockxsize": blocksize, "blockysize": blocksize, "BIGTIFF": "IF_SAFER"}
     try:
         with rasterio.open(tmp, "w", **profile) as dst:

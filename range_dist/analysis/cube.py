@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from range_dist.cube.encoding import ENCODING_KEY, CubeEncoding, check_betas_for, require_layout
+from range_dist.cube.store import GRID_MAPPING
 from range_dist.errors import ConfigError, CoordinateError
 from range_dist.geo.coords import validate_lonlat
 from range_dist.util.stores import StoreLocation, register_storage_options
@@ -234,7 +235,7 @@ def _decoded(ds: xr.Dataset, encoding: CubeEncoding, betas: list[float], chunks:
         out = out.assign(embedding=(("beta", "lat", "lon", "feature"), data))
     out["embedding"] = out["embedding"].chunk({"beta": chunks.get("beta", 1), "feature": chunks.get("feature", -1)})
     out["embedding"].attrs.update(long_name="RANGE geo-embedding [H_beta | q_hat]", units="1",
-                                  grid_mapping="spatial_ref")
+                                  grid_mapping=GRID_MAPPING)
     out["beta"].attrs.update(long_name="RANGE+ beta: weight of the semantic head (0 = spatial, 1 = semantic)",
                              units="1")
     return out

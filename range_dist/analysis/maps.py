@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.cube.store import CRS_CODE
 from range_dist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ def write_geotiff(rgb: npt.NDArray[np.floating], lat: npt.NDArray[np.float64], l
     bands = np.concatenate([pixels, (valid * 255).astype(np.uint8)[..., None]], axis=-1).transpose(2, 0, 1)
     arr = xr.DataArray(bands, dims=("band", "y", "x"),
                        coords={"band": [1, 2, 3, 4], "y": np.asarray(lat), "x": np.asarray(lon)})
-    arr = arr.rio.write_crs("EPSG:4326").rio.set_spatial_dims(x_dim="x", y_dim="y")
+    arr = arr.rio.write_crs(CRS_CODE).rio.set_spatial_dims(x_dim="x", y_dim="y")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"driver": "COG", "compress": "DEFLATE"} if cog else {"driver": "GTiff", "compress": "DEFLATE",

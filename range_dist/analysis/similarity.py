@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from range_dist.cube.store import CRS_CODE
 from range_dist.errors import CoordinateError
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def similarity_map(cube: str | Path | xr.Dataset, points: npt.ArrayLike, beta: f
                        name="similarity",
                        attrs={"long_name": "cosine similarity to the reference embedding", "units": "1",
                               "beta": float(beta), "reference_points": lonlat.tolist()})
-    return out.rio.write_crs("EPSG:4326").rio.set_spatial_dims(x_dim="lon", y_dim="lat")
+    return out.rio.write_crs(CRS_CODE).rio.set_spatial_dims(x_dim="lon", y_dim="lat")
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def write_similarity_geotiff(sim: xr.DataArray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     import rioxarray  # noqa: F401 - registers the .rio accessor
 
-    band = sim.astype(np.float32).rio.set_spatial_dims(x_dim="lon", y_dim="lat").rio.write_crs("EPSG:4326")
+    band = sim.astype(np.float32).rio.set_spatial_dims(x_dim="lon", y_dim="lat").rio.write_crs(CRS_CODE)
     band = band.rio.write_nodata(np.nan, encoded=False)
     band.rio.to_raster(path, driver="COG", compress="DEFLATE")
     return path

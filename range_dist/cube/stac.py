@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from range_dist.cube.store import CRS_CODE
 from range_dist.errors import ConfigError
 from range_dist.util.jsonable import to_jsonable
 from range_dist.util.stores import StoreLocation
@@ -169,7 +170,7 @@ def build_item(path: str | Path | StoreLocation, *, href: str | None = None, ite
     cube_ext.apply(dimensions={k: Dimension.from_dict(v) for k, v in _dimensions(arrays, coords, bbox, res).items()},
                    variables={k: Variable.from_dict(v) for k, v in _variables(arrays).items()})
     proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.apply(code=str(attrs.get("proj:code", "EPSG:4326")), shape=[len(coords["lat"]), len(coords["lon"])],
+    proj.apply(code=str(attrs.get("proj:code", CRS_CODE)), shape=[len(coords["lat"]), len(coords["lon"])],
                transform=[res, 0.0, west, 0.0, -res, north], bbox=bbox)
     for key, rel_title in (("range_dist:satclip", "SatCLIP location encoder checkpoint"),
                            ("range_dist:database", "retrieval database")):
