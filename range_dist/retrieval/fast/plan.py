@@ -44,6 +44,11 @@ SPACING_LADDER = {
 }
 
 
+def candidate_ranks(width: int) -> tuple[int, ...]:
+    """The ranks of :data:`RANK_LADDER` a basis of ``width``-wide values is tried at: at most half the width."""
+    return tuple(rank for rank in RANK_LADDER if 2 * rank <= width)
+
+
 @dataclass(frozen=True)
 class FastPlan:
     """The approximations of a ``fast`` run, chosen and validated for one tolerance.

@@ -70,10 +70,10 @@ from range_dist.retrieval.fast.approximations import (
 )
 from range_dist.retrieval.fast.plan import (
     PCA_SHARE,
-    RANK_LADDER,
     SPACING_LADDER,
     FastPlan,
     Workload,
+    candidate_ranks,
     head_budgets,
     head_weights,
     next_spacing,
@@ -282,8 +282,8 @@ def choose_rank(
     mean = torch.as_tensor(basis.mean, dtype=torch.float64)
     coefficients = (averages.double() - mean) @ torch.as_tensor(basis.components, dtype=torch.float64)
     errors = rank_errors(coefficients, weights, norms)
-    for rank in RANK_LADDER:
-        if rank <= basis.components.shape[0] // 2 and float(errors[rank]) <= target:
+    for rank in candidate_ranks(basis.components.shape[0]):
+        if float(errors[rank]) <= target:
             return rank, float(errors[rank])
     return None, 0.0
 
@@ -675,7 +675,8 @@ def best_case_seconds(workload: Workload, heads: Sequence[str], ladders: dict[st
     for head in heads:
         # the same FLOP model as a check on the sketch: scores, exponential and the values product at width r
         # (no basis is tried for values narrower than twice the smallest rank: choose_rank)
-        rank_share = check_share(head, key_dim, value_dim, RANK_LADDER[0]) if 2 * RANK_LADDER[0] <= value_dim else 1.0
+        ranks = candidate_ranks(value_dim)
+        rank_share = check_share(head, key_dim, value_dim, ranks[0]) if ranks else 1.0
         head_cost = head_seconds[head] * rank_share
         per_head = n * head_cost
         if ladders[head]:
