@@ -420,28 +420,30 @@ def plan_fast(
                     f"best; planning alone ≈ {planning:.1f} s (more than {PLAN_BUDGET_SHARE:.0%} of that)",
                     {"exact": exact_total, "planning": planning, "gain": gain})
         full_basis = fit_value_basis(np.asarray(context.values)[basis_rows(len(context.values), seed)])
-        pca_target = PCA_SHARE * tolerance
-        rank: int | None = None
+
+        def blended_and_rank(averages: torch.Tensor) -> tuple[torch.Tensor, float, int | None, float]:
+            """(B, n) norms of the exact embeddings of the first n selection points from their (H, n, D) head
+            averages, the blend's seconds, and the rank that fits them (None: none) with its error."""
+            emb, spent = _timed(blend_heads, dict(zip(settings.heads, averages)), q_hat[: averages.shape[1]], betas,
+                                context.variant)
+            emb_norms = emb.double().norm(dim=-1)
+            return (emb_norms, spent,
+                    *choose_rank(full_basis, averages.cpu(), weights, emb_norms.cpu(), PCA_SHARE * tolerance))
+
         if first:
             # a rank that fails on the gate's points fails on the whole selection (its error is the largest
             # over the points): where none fits them, the rest of the selection is not computed exactly
             # (0.5 s of a 3.5 s plan at 0.25° over 30°×30° with 100k rows, ``benchmarks/grid_job.py``)
             exact_avg = torch.stack(first)  # (H, n, D)
-            exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat[:gate], betas,
-                                        context.variant)
-            rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, exact_emb.double().norm(dim=-1).cpu(),
-                                           pca_target)
+            norms, blend_s, rank, rank_error = blended_and_rank(exact_avg)
         if not first or rank is not None:
             rest, seconds = _timed_heads(context.db, q_hat[gate:], xyz[gate:], settings)
             exact_avg = torch.stack([torch.cat([f, r]) for f, r in zip(first, rest)] if first else rest)
-            exact_emb, blend_s = _timed(blend_heads, dict(zip(settings.heads, exact_avg)), q_hat, betas,
-                                        context.variant)
-            rank, rank_error = choose_rank(full_basis, exact_avg.cpu(), weights, exact_emb.double().norm(dim=-1).cpu(),
-                                           pca_target)
+            norms, blend_s, rank, rank_error = blended_and_rank(exact_avg)
         costs.head = dict(seconds)  # at the full value width, the exact mode's (the gate's, or the rest's)
         costs.exact = sum(seconds.values())
         costs.exact_blend = blend_s / exact_avg.shape[1]
-        norms = exact_emb.double().norm(dim=-1)  # (B, n) of the points computed exactly
+        # norms: (B, n) of the points computed exactly
         min_norms = norms.amin(dim=1) * (1.0 - tolerance)  # (B,) as the per-call check
         basis = None if rank is None else full_basis.truncated(rank)
         component_errors = {} if rank is None else {"pca": rank_error}
@@ -672,10 +674,9 @@ def best_case_seconds(workload: Workload, heads: Sequence[str], ladders: dict[st
     """
     n = len(workload.call)
     total = feature_seconds(n, costs)
+    ranks = candidate_ranks(value_dim)  # none for values narrower than twice the smallest rank (choose_rank)
     for head in heads:
         # the same FLOP model as a check on the sketch: scores, exponential and the values product at width r
-        # (no basis is tried for values narrower than twice the smallest rank: choose_rank)
-        ranks = candidate_ranks(value_dim)
         rank_share = check_share(head, key_dim, value_dim, ranks[0]) if ranks else 1.0
         head_cost = head_seconds[head] * rank_share
         per_head = n * head_cost
