@@ -19,15 +19,22 @@ from range_dist.executors import embed_grid
 from range_dist.jobs.grid.config import GridJobConfig
 from range_dist.retrieval.engine import blend_heads
 from range_dist.retrieval.fast.approximations import (
+    TAPS,
     ErrorSketch,
     fit_value_basis,
     interpolate,
+    lattice_node_count,
     lattice_stencils,
     max_row_residual,
     node_lonlat,
 )
 from range_dist.retrieval.fast.plan import FastPlan, head_budgets, rank_errors, relative_errors
-from range_dist.retrieval.fast.retriever import embedding_norms, points_in_failing_cells, retrieve_averages
+from range_dist.retrieval.fast.retriever import (
+    check_points,
+    embedding_norms,
+    points_in_failing_cells,
+    retrieve_averages,
+)
 from tests.helpers import random_points
 
 BETAS = (0.0, 0.5, 1.0)
@@ -101,6 +108,28 @@ def test_stencil_weights_sum_to_one_and_nodes_continue_through_the_poles() -> No
     assert (st.nodes[:, 0] >= -180.0).all() and (st.nodes[:, 0] < 180.0).all()
     # row 91 of a 2° lattice is lat 92°, column 10 lon -160°: the point at lat 88° on the opposite meridian
     np.testing.assert_allclose(node_lonlat(np.array([91, -1]), np.array([10, 10]), 2.0), [[20.0, 88.0], [20.0, -88.0]])
+
+
+def test_queries_on_lattice_lines_use_only_that_lines_nodes() -> None:
+    # 4 x 4 cells of a 1° lattice: their 0.25° grid points and check points (edge midpoints lie on lattice lines)
+    g = np.arange(10.125, 14.0, 0.25)
+    lon, lat = np.meshgrid(g, g + 20.0)
+    points = np.stack([lon.ravel(), lat.ravel()], axis=1)
+    queries = np.concatenate([points, check_points(points, 1.0)])
+    st = lattice_stencils(queries, 1.0)
+    assert len(np.unique(st.index[st.weights != 0])) == len(st.nodes) == lattice_node_count(queries, 1.0)
+    # the points' stencils span columns (rows) 10-2 .. 13+3: 9 x 9 nodes; the midpoints of the right and top
+    # edges (columns 14, rows 34) add no column or row beyond, as their weights there are zero
+    assert len(st.nodes) == 9 * 9
+    on_line = st.weights[len(points):]
+    # every check point but the 16 cells' centres is an edge midpoint, weighing one line's TAPS nodes
+    assert ((on_line != 0).sum(axis=1) == TAPS).sum() == len(on_line) - 16
+
+    def polynomial(lonlat: np.ndarray) -> torch.Tensor:  # degree 5 per axis: reproduced by 6-tap Lagrange
+        x, y = lonlat[:, 0] - 12.0, lonlat[:, 1] - 32.0
+        return torch.from_numpy(0.01 * x**5 - 0.1 * x**2 * y**3 + 0.05 * y**4 + 1.0)
+
+    np.testing.assert_allclose(interpolate(polynomial(st.nodes), st), polynomial(queries), rtol=1e-5, atol=1e-5)
 
 
 def test_interpolation_error_shrinks_with_the_order_of_the_spacing() -> None:

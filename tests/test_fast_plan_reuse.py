@@ -130,7 +130,7 @@ def test_only_spacings_that_could_pay_for_the_calls_are_probed() -> None:
     from range_dist.retrieval.fast.planner import paying_spacings
 
     dense = _tile(10.0, 0.0, 0.1, 128)  # a 0.1° tile: lattices down to a fraction of a degree pay
-    coarse = _tile(0.0, 40.0, 1.0, 8)  # 64 cells of 1°: no lattice of the ladder pays
+    coarse = _tile(0.0, 40.0, 1.0, 6)  # 36 cells of 1°: no lattice of the ladder pays (one stencil is 36 nodes)
     sem = paying_spacings(Workload(len(dense), dense), SPACING_LADDER["sem"])
     assert sem == SPACING_LADDER["sem"][: len(sem)] and 0.25 <= sem[-1] <= 1.0
     few = Workload(len(coarse), coarse)

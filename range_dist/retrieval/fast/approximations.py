@@ -192,7 +192,8 @@ class Stencils:
     Attributes:
         spacing: lattice spacing in degrees (360 / spacing is an integer).
         nodes: (U, 2) float64 (lon, lat) of the distinct lattice nodes used.
-        index: (n, STENCIL) int64 rows of ``nodes`` for each query's TAPS × TAPS stencil.
+        index: (n, STENCIL) int64 rows of ``nodes`` for each query's TAPS × TAPS stencil (a query on a
+            lattice line: that line's TAPS nodes, repeated where its weights are zero).
         weights: (n, STENCIL) float32 Lagrange weights (each row sums to 1).
         keys: (U,) int64 sorted ids of the nodes, the same for a node in every call at this spacing
             (how neighbouring tiles share lattice nodes).
@@ -228,25 +229,48 @@ def node_lonlat(rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], spacin
     return np.stack([lon, lat], axis=1)
 
 
+#: A query within this many lattice cells of a lattice line lies on it (a check or probe point on a cell's
+#: edge, whose coordinates are rounded: h/2 steps from -180°): far below any error that matters.
+ON_LINE = 1e-9
+
+
 def _cells(lonlat: npt.NDArray[np.float64], spacing: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
                                                                    npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """The lattice cell of each query: (u, 2) distinct (column, row) of the cells below/left of the queries,
-    (n,) the index of each query's cell among them, and the queries' (n,) fractions within it along x and y."""
+    """The lattice cell of each query: (u, 4) distinct (column, row, on a column line, on a row line) of the
+    cells below/left of the queries, (n,) the index of each query's entry among them, and the queries'
+    (n,) fractions within the cell along x and y.
+
+    A query on a lattice line (fraction 0: the edge midpoints of the per-cell checks and the planner's
+    probes) is interpolated along that line alone: its Lagrange weights off the line are exactly zero.
+    Its entry is flagged so that its stencil names that line's nodes only (:func:`_cell_node_keys`).
+    """
     x = (lonlat[:, 0] + 180.0) / spacing
     y = (lonlat[:, 1] + 90.0) / spacing
+    x = np.where(np.abs(x - np.round(x)) < ON_LINE, np.round(x), x)
+    y = np.where(np.abs(y - np.round(y)) < ON_LINE, np.round(y), y)
     i0, j0 = np.floor(x), np.floor(y)
-    # one int64 key per cell (row-major, rows from -1 for lat = -90 exactly): unique on it, not on pairs
+    tx, ty = x - i0, y - j0
+    # one int64 key per (cell, on-line flags) (row-major, rows from -1 for lat = -90 exactly): unique on it,
+    # not on tuples
     columns = check_spacing(spacing) + 2
-    ids, inverse = np.unique((j0.astype(np.int64) + 1) * columns + i0.astype(np.int64) + 1, return_inverse=True)
-    cells = np.stack([ids % columns - 1, ids // columns - 1], axis=1)
-    return cells, inverse.reshape(-1), x - i0, y - j0
+    flags = (tx == 0.0).astype(np.int64) + 2 * (ty == 0.0).astype(np.int64)
+    ids, inverse = np.unique(((j0.astype(np.int64) + 1) * columns + i0.astype(np.int64) + 1) * 4 + flags,
+                             return_inverse=True)
+    flags, ids = ids % 4, ids // 4
+    cells = np.stack([ids % columns - 1, ids // columns - 1, flags % 2, flags // 2], axis=1)
+    return cells, inverse.reshape(-1), tx, ty
 
 
 def _cell_node_keys(cells: npt.NDArray[np.int64], spacing: float) -> npt.NDArray[np.int64]:
-    """(u, STENCIL) keys of the lattice nodes of each cell's stencil (row shifted non-negative, times the columns)."""
+    """(u, STENCIL) keys of the lattice nodes of each cell's stencil (row shifted non-negative, times the columns).
+
+    An entry flagged on a column (row) line has every column (row) offset at that line: its stencil repeats
+    the line's TAPS nodes, where its weights are zero off the line, so the nodes beyond it (the column and
+    row past a region's last cells, for their edge check points) are not evaluated.
+    """
     columns = check_spacing(spacing)
-    cols = (cells[:, 0:1] + OFFSETS) % columns  # (u, TAPS)
-    rows = cells[:, 1:2] + OFFSETS  # (u, TAPS), may step past a pole
+    cols = (cells[:, 0:1] + np.where(cells[:, 2:3] == 1, 0, OFFSETS)) % columns  # (u, TAPS)
+    rows = cells[:, 1:2] + np.where(cells[:, 3:4] == 1, 0, OFFSETS)  # (u, TAPS), may step past a pole
     return ((rows[:, :, None] + TAPS // 2) * columns + cols[:, None, :]).reshape(len(cells), STENCIL)
 
 
@@ -269,7 +293,8 @@ def lattice_stencils(lonlat: npt.NDArray[np.float64], spacing: float) -> Stencil
 
 
 def lattice_node_count(lonlat: npt.NDArray[np.float64], spacing: float) -> int:
-    """How many lattice nodes the stencils of these queries use (``len(lattice_stencils(...).nodes)``, cheaper)."""
+    """How many lattice nodes the stencils of these queries use (``len(lattice_stencils(...).nodes)``, cheaper:
+    no weights)."""
     cells, _, _, _ = _cells(lonlat, spacing)
     return len(np.unique(_cell_node_keys(cells, spacing)))
 
@@ -293,7 +318,7 @@ def lattice_count_bounds(lonlat: npt.NDArray[np.float64], spacing: float) -> tup
 def interpolate(node_values: torch.Tensor, stencils: Stencils) -> torch.Tensor:
     """(n, C) values at the queries from (U, C) values at the stencils' nodes.
 
-    The stencils form a sparse (n, U) matrix with STENCIL weights per row; a CSR sparse-dense
+    The stencils form a sparse (n, U) matrix with up to STENCIL weights per row; a CSR sparse-dense
     product reads each node row from cache instead of gathering an (n, STENCIL, C) copy (8× faster
     here).
 
@@ -301,18 +326,22 @@ def interpolate(node_values: torch.Tensor, stencils: Stencils) -> torch.Tensor:
         node_values: (U, C) values at ``stencils.nodes``.
         stencils: from :func:`lattice_stencils`.
     """
-    order = np.argsort(stencils.index, axis=1)  # CSR wants sorted column indices within a row
+    n = len(stencils.index)
+    nonzero = stencils.weights != 0.0
+    # CSR wants distinct sorted column indices within a row: a query on a lattice line repeats that line's
+    # nodes with zero weights (``_cell_node_keys``), which are sorted last and left out
+    order = np.argsort(np.where(nonzero, stencils.index, np.iinfo(np.int64).max), axis=1)
     columns = np.take_along_axis(stencils.index, order, axis=1)
     weights = np.take_along_axis(stencils.weights, order, axis=1)
-    n = len(columns)
+    kept = np.take_along_axis(nonzero, order, axis=1)
     device, dtype = node_values.device, node_values.dtype
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
         matrix = torch.sparse_csr_tensor(
-            torch.arange(0, n * STENCIL + 1, STENCIL, device=device),
-            torch.from_numpy(columns.reshape(-1)).to(device),
-            torch.from_numpy(weights.reshape(-1)).to(device, dtype),
+            torch.from_numpy(np.concatenate([[0], np.cumsum(kept.sum(axis=1))])).to(device),
+            torch.from_numpy(columns[kept]).to(device),
+            torch.from_numpy(weights[kept]).to(device, dtype),
             size=(n, node_values.shape[0]),
-            check_invariants=False,  # built sorted and in range above
+            check_invariants=False,  # built sorted, distinct and in range above
         )
         return matrix @ node_values
