@@ -29,6 +29,22 @@ def test_grid_points_give_the_dense_result_within_float64_rounding(where: tuple[
     assert float(((encoder(kept) - encoder.nnet(encoder.posenc(kept))).abs()).max()) < 1e-12
 
 
+def test_calls_of_several_row_blocks_in_either_latitude_order_give_the_dense_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from range_dist.encoders import satclip
+
+    monkeypatch.setattr(satclip, "MLP_BLOCK_ROWS", 500)  # 1,536 points: four blocks, the last one partial
+    torch.manual_seed(0)
+    encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=20, capacity=32, num_hidden_layers=3))
+    north_first = _tile(24, 64, 0.1, 10.05, 25.55)
+    south_first = north_first.reshape(24, 64, 2).flip(0).reshape(-1, 2)  # already in latitude order: no copy back
+    for pts in (north_first, south_first):
+        dense = encoder.nnet(encoder.posenc(pts))
+        assert float(((encoder(pts) - dense).norm(dim=1) / dense.norm(dim=1)).max()) < 1e-12
+    flipped = encoder(north_first).reshape(24, 64, -1).flip(0).reshape(24 * 64, -1)
+    assert float((encoder(south_first) - flipped).abs().max()) < 1e-12
+
+
 def test_scattered_points_and_other_harmonics_modes_take_the_dense_path() -> None:
     torch.manual_seed(0)
     encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=10, capacity=16))
