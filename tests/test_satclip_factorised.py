@@ -45,6 +45,18 @@ def test_calls_of_several_row_blocks_in_either_latitude_order_give_the_dense_res
     assert float((encoder(south_first) - flipped).abs().max()) < 1e-12
 
 
+def test_gradients_in_the_weights_take_the_dense_path() -> None:
+    torch.manual_seed(0)
+    encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=10, capacity=16))
+    pts = _tile(8, 32, 1.0, 0.5, 40.5)
+    factorised = encoder(pts)  # inference: the factorised product, activations in place
+    encoder.requires_grad_(True)  # e.g. attribution: autograd needs sin's input and no out= products
+    embedded = encoder(pts)
+    embedded.sum().backward()
+    assert encoder.nnet.layers[1].weight.grad is not None and bool(encoder.nnet.layers[1].weight.grad.abs().sum() > 0)
+    assert float((embedded.detach() - factorised).abs().max()) < 1e-12
+
+
 def test_scattered_points_and_other_harmonics_modes_take_the_dense_path() -> None:
     torch.manual_seed(0)
     encoder = SatCLIPLocationEncoder(SatCLIPLocationConfig(legendre_polys=10, capacity=16))

@@ -58,8 +58,12 @@ class SirenLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = nn.functional.linear(x, self.weight, self.bias)
+        if self.is_last:
+            return out
+        if out.requires_grad:  # a caller's autograd graph (e.g. gradients in the location) needs sin's input
+            return torch.sin(self.w0 * out)
         # in place: the same operations and bits as ``sin(w0 * out)``, without two more (N, dim_out) buffers
-        return out if self.is_last else out.mul_(self.w0).sin_()
+        return out.mul_(self.w0).sin_()
 
 
 class SirenNet(nn.Module):
@@ -107,7 +111,11 @@ class SatCLIPLocationEncoder(nn.Module):
     def forward(self, lonlat: torch.Tensor) -> torch.Tensor:
         lonlat = lonlat.to(device=self.nnet.last_layer.weight.device, dtype=torch.float64)
         first: SirenLayer | None = self.nnet.layers[0] if len(self.nnet.layers) else None  # type: ignore[assignment]
-        parts = None if first is None or first.weight.dtype != torch.float64 else self.posenc.factorised(lonlat)
+        # autograd (a caller's gradients in the location or the weights) takes the dense path: the factorised
+        # product writes into preallocated blocks, which autograd does not follow
+        graph = torch.is_grad_enabled() and (lonlat.requires_grad or any(p.requires_grad for p in self.parameters()))
+        dense = first is None or first.weight.dtype != torch.float64 or graph
+        parts = None if dense else self.posenc.factorised(lonlat)
         if parts is None or first is None:
             features = self.posenc(lonlat)
             return self.nnet(features.to(self.nnet.last_layer.weight.dtype))
