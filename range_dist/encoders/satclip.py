@@ -57,10 +57,13 @@ class SirenLayer(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = nn.functional.linear(x, self.weight, self.bias)
+        return self.activation(nn.functional.linear(x, self.weight, self.bias))
+
+    def activation(self, out: torch.Tensor) -> torch.Tensor:
+        """``sin(w0 * out)``, or ``out`` for the last layer; in place unless an autograd graph holds ``out``."""
         if self.is_last:
             return out
-        if out.requires_grad:  # a caller's autograd graph (e.g. gradients in the location) needs sin's input
+        if out.requires_grad:  # a caller's autograd graph (e.g. gradients in the weights) needs sin's input
             return torch.sin(self.w0 * out)
         # in place: the same operations and bits as ``sin(w0 * out)``, without two more (N, dim_out) buffers
         return out.mul_(self.w0).sin_()
@@ -120,7 +123,7 @@ class SatCLIPLocationEncoder(nn.Module):
             features = self.posenc(lonlat)
             return self.nnet(features.to(self.nnet.last_layer.weight.dtype))
         # points sharing latitudes (grid tiles, lattices): the first layer from the harmonics' factors
-        hidden = factorised_linear(parts, first.weight, first.bias).mul_(first.w0).sin_()
+        hidden = first.activation(factorised_linear(parts, first.weight, first.bias))
         # the other layers in row blocks: each block's activations come back from the heap already mapped,
         # where a whole call's (67 MB apiece at 16,384 points and width 512, above glibc's largest mmap
         # threshold, 32 MB) were fresh pages each time; the rows are independent, so the bits are the same

@@ -35,7 +35,7 @@ class BackgroundSha256:
     and checks what it reads (zip CRC-32, numpy copies: both release it too) and this thread run on
     two cores side by side. Reading a 100k-row database (.npz, 490 MB of rows) and then hashing its
     rows took 0.79-0.99 + 0.55-0.62 s on the 2-core benchmark VM; opened (read and validated) and hashed
-together 0.73-0.75 s.
+    together 0.73-0.75 s.
     One stream in order: the digest is the one of the pieces' concatenation, however they are cut.
 
     Use it as a context manager (the thread is stopped on the way out, also after an error); the
@@ -45,10 +45,10 @@ together 0.73-0.75 s.
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
         self._pieces: queue.Queue[Any] = queue.Queue(maxsize=QUEUED_PIECES)
-        self._thread = threading.Thread(target=self._hash, name="range-dist-sha256", daemon=True)
-        self._thread.start()
         self._done: str | None = None
         self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._hash, name="range-dist-sha256", daemon=True)
+        self._thread.start()  # last: the thread reads the state above
 
     def _hash(self) -> None:
         while (piece := self._pieces.get()) is not None:
